@@ -1,0 +1,60 @@
+"""Domain records to wire objects; shared by every dialect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from darkroom.domain import Request
+from darkroom.service import Service
+
+
+def media_urls(service: Service, base_url: str, outcome: dict[str, Any]) -> list[dict[str, str]]:
+    """Fresh signed URLs for each stored result (signed at read time, so they never go stale in the DB)."""
+    base = base_url.rstrip("/")
+    return [
+        {"id": m["id"], "url": f"{base}/media/{m['key']}?{service.signed_media_query(m['key'])}"}
+        for m in outcome.get("media", [])
+    ]
+
+
+def render_outcome(service: Service, base_url: str, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    if outcome is None:
+        return None
+    out = {k: v for k, v in outcome.items() if k != "media"}
+    if "media" in outcome:
+        out = {"media_urls": media_urls(service, base_url, outcome), **out}
+    return out
+
+
+def status_object(service: Service, base_url: str, request: Request, *, queue_position: int | None = None) -> dict:
+    progress = None
+    if request.progress_total:
+        progress = {"step": request.progress_step or 0, "total": request.progress_total}
+    return {
+        "request_id": request.id,
+        "org_id": "",
+        "model": request.model,
+        "status": request.status.value,
+        "is_public": False,
+        "payload": request.payload,
+        "outcome": render_outcome(service, base_url, request.outcome),
+        "created_at": int(request.created_at),
+        "updated_at": int(request.updated_at),
+        "queued_at": int(request.queued_at),
+        "started_at": int(request.started_at) if request.started_at else None,
+        "finished_at": int(request.finished_at) if request.finished_at else None,
+        "attempts": request.attempts,
+        "progress": progress,
+        "queue_position": queue_position,
+    }
+
+
+def submit_object(request: Request) -> dict:
+    return {
+        "request_id": request.id,
+        "model": request.model,
+        "status": request.status.value,
+        "created_at": int(request.created_at),
+        "updated_at": int(request.updated_at),
+        "queued_at": int(request.queued_at),
+    }

@@ -1,0 +1,180 @@
+"""The ``darkroom`` command: serve, worker, generate, keys, models."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from darkroom.settings import Settings
+
+app = typer.Typer(help="darkroom: self-hosted image generation with the FLUX request-queue API.",
+                  no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+DataDir = typer.Option(None, "--data-dir", help="Database, results and secrets (env DARKROOM_DATA_DIR).")
+ModelsFile = typer.Option(None, "--models", help="Model registry TOML (env DARKROOM_MODELS_FILE).")
+
+
+def _settings(data_dir: Optional[Path] = None, models: Optional[Path] = None, **extra: Any) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    overrides = {k: v for k, v in {"data_dir": data_dir, "models_file": models, **extra}.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return settings
+
+
+def _store(settings: Settings):
+    from darkroom.store import Store
+
+    store = Store.from_settings(settings)
+    store.migrate()
+    return store
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    data_dir: Optional[Path] = DataDir,
+    models: Optional[Path] = ModelsFile,
+    public_url: Optional[str] = typer.Option(None, help="Base URL for result links (behind a proxy)."),
+    worker: bool = typer.Option(True, "--worker/--no-worker", help="Also run a worker process."),
+) -> None:
+    """Run the HTTP API (and, by default, a worker process beside it)."""
+    import uvicorn
+
+    from darkroom.api import create_app
+    from darkroom.supervise import WorkerProcess
+
+    settings = _settings(data_dir, models, public_url=public_url)
+    _store(settings)  # migrate before the worker starts, so they don't race on it
+    child = None
+    if worker:
+        args = ["--data-dir", str(settings.data_dir)]
+        if settings.models_file:
+            args += ["--models", str(settings.models_file)]
+        child = WorkerProcess(args)
+        child.start()
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    finally:
+        if child:
+            child.stop()
+
+
+@app.command("worker")
+def worker_cmd(
+    data_dir: Optional[Path] = DataDir,
+    models: Optional[Path] = ModelsFile,
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Serve only these models (repeatable)."),
+    device: Optional[str] = typer.Option(None, help="torch device, e.g. cuda:1 (default: cuda if present)."),
+) -> None:
+    """Run a worker: claims queued requests and generates their images."""
+    from darkroom.worker import run_worker
+
+    run_worker(_settings(data_dir, models, worker_models=model or None, device=device))
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    output: Path = typer.Option(Path("out.jpg"), "-o", "--output", help="Where to write the image."),
+    model: Optional[str] = typer.Option(None, help="Model id (default: the registry's default)."),
+    aspect_ratio: str = typer.Option("1:1", help="W:H between 3:7 and 7:3."),
+    seed: int = typer.Option(0, help="0 picks a random seed."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model's)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the model's)."),
+    input_image: Optional[Path] = typer.Option(None, help="Image to edit (editing models)."),
+    output_format: Optional[str] = typer.Option(None, "--format", help="jpeg or png (default: from -o's suffix)."),
+    prompt_upsampling: bool = typer.Option(False, help="Enrich the prompt first."),
+    safety_tolerance: int = typer.Option(2, help="0 strictest .. 6 most permissive."),
+    url: Optional[str] = typer.Option(None, help="A running darkroom server; default: run in this process."),
+    key: Optional[str] = typer.Option(None, envvar="DARKROOM_API_KEY", help="API key for --url."),
+    data_dir: Optional[Path] = DataDir,
+    models: Optional[Path] = ModelsFile,
+) -> None:
+    """Generate one image and write it to a file, showing progress."""
+    import base64
+
+    from darkroom.generate import generate_local, generate_remote
+
+    fmt = output_format or ("png" if output.suffix.lower() == ".png" else "jpeg")
+    payload: dict[str, Any] = {"prompt": prompt, "aspect_ratio": aspect_ratio, "seed": seed,
+                               "output_format": fmt, "prompt_upsampling": prompt_upsampling,
+                               "safety_tolerance": safety_tolerance}
+    if steps is not None:
+        payload["steps"] = steps
+    if guidance is not None:
+        payload["guidance"] = guidance
+    if input_image is not None:
+        payload["input_image"] = base64.b64encode(input_image.read_bytes()).decode()
+    t0 = time.time()
+    if url:
+        if not key:
+            raise typer.BadParameter("--key (or DARKROOM_API_KEY) is needed with --url", param_hint="--key")
+        status, data = generate_remote(url, key, model, payload)
+    else:
+        status, data = generate_local(_settings(data_dir, models), model, payload)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(data)
+    outcome = status["outcome"]
+    typer.echo(f"wrote {output} ({outcome['width']}x{outcome['height']}, seed {outcome['seed']}, "
+               f"{time.time() - t0:.1f} s)")
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Option(..., "--name", help="A label for the key."),
+                data_dir: Optional[Path] = DataDir) -> None:
+    """Create a key. The secret is printed once, on the last line."""
+    key, secret = _store(_settings(data_dir)).create_key(name)
+    typer.echo(f"created key {key.name} (id {key.id}); store the secret now, it is not shown again:")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: Optional[Path] = DataDir) -> None:
+    """List keys (never their secrets)."""
+    for k in _store(_settings(data_dir)).list_keys():
+        state = "active" if k.active else f"revoked {time.strftime('%Y-%m-%d %H:%M', time.gmtime(k.revoked_at))}"
+        typer.echo(f"{k.id}  {k.name:<24} {k.prefix}…  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: str = typer.Argument(..., help="Key id or name."), data_dir: Optional[Path] = DataDir) -> None:
+    """Revoke a key: it stops working at once."""
+    revoked = _store(_settings(data_dir)).revoke_key(key)
+    typer.echo(f"revoked {revoked.name} ({revoked.id})")
+
+
+@app.command("models")
+def models_cmd(models: Optional[Path] = ModelsFile) -> None:
+    """List registered models and whether their weights are here."""
+    from darkroom.engines.registry import load_registry
+
+    settings = _settings(models=models)
+    registry = load_registry(settings.resolved_models_file())
+    for spec in registry.models.values():
+        mark = "*" if spec.id == registry.default else " "
+        state = "available" if spec.available() else ("hub" if not spec.is_local else "missing weights")
+        typer.echo(f"{mark} {spec.id:<24} {spec.model_type:<14} {state:<16} {spec.path}")
+
+
+def main() -> None:
+    from darkroom.errors import DarkroomError
+
+    try:
+        app()
+    except DarkroomError as exc:
+        typer.echo(f"error: {exc.message} ({exc.code})", err=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

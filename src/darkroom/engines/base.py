@@ -1,0 +1,62 @@
+"""The engine protocol: what the worker needs from anything that makes images.
+
+Engines are synchronous and may hold a GPU; the worker calls them from its own
+process, never from the API's event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One image to make. Sizes are what the caller gets back (about 1 MP)."""
+
+    request_id: str
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    steps: int
+    guidance: float
+    images: tuple[Image.Image, ...] = ()  # input_image, input_image_2..4, decoded, for editing
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request_id: str
+    image: Image.Image | None  # None when the job was stopped
+    stopped: bool = False
+    engine_ms: float = 0.0
+
+
+class StepCallback(Protocol):
+    def __call__(self, request_id: str, step: int, total: int) -> bool:
+        """Called after each denoising step; return False to stop that job."""
+        ...
+
+
+class Engine(Protocol):
+    """Loads a model once and turns batches of jobs into images."""
+
+    model_id: str
+
+    def load(self) -> None:
+        """Load weights; idempotent. Raises EngineError(code="model_unavailable") if it cannot."""
+        ...
+
+    def generate(self, jobs: Sequence[GenerationJob], on_step: StepCallback) -> list[GenerationResult]:
+        """Run the jobs (one batch) and return one result per job, in order.
+
+        Same job (prompt, seed, size, steps, guidance, images) gives the same pixels.
+        Raises EngineError for failures that the request should report.
+        """
+        ...
+
+    def close(self) -> None:
+        """Free memory (GPU included)."""
+        ...

@@ -1,0 +1,145 @@
+"""The model registry: which models exist, how to load them, what they accept.
+
+Read from a TOML file (``models/models.toml`` by default; ``--models`` or
+``DARKROOM_MODELS_FILE`` to choose another). Torch-free: the API process reads it too.
+
+    default = "darkroom-mini"
+
+    [models.darkroom-mini]
+    engine = "flux"                 # the diffusers FLUX engine
+    pipeline = "flux-kontext"       # flux (text-to-image) | flux-kontext (also edits)
+    path = "darkroom-mini"          # a folder (relative to this file) or a hub id
+    brief_description = "..."
+    aliases = []
+    [models.darkroom-mini.parameters]
+    steps = { default = 8, minimum = 1, maximum = 50 }
+    [models.darkroom-mini.options]  # engine-specific, passed to the engine as is
+    max_sequence_length = 64
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from darkroom.engines.params import ParamSpec, apply_overrides, standard_params
+from darkroom.errors import ModelNotFound
+
+PIPELINES = {"flux": "text-to-image", "flux-kontext": "image-editing"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model."""
+
+    id: str
+    engine: str
+    pipeline: str
+    path: str  # a resolved local folder, or a hub id
+    parameters: tuple[ParamSpec, ...]
+    brief_description: str = ""
+    detailed_description: str = ""
+    tags: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    created_at: int = 0
+
+    @property
+    def editing(self) -> bool:
+        return self.pipeline == "flux-kontext"
+
+    @property
+    def model_type(self) -> str:
+        return PIPELINES[self.pipeline]
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_absolute()
+
+    def available(self) -> bool:
+        """Weights are present locally (a hub id counts as available only if cached is unknowable: False)."""
+        p = Path(self.path)
+        return p.is_absolute() and (p / "model_index.json").is_file()
+
+    def record(self, *, qworkers: int = 0) -> dict[str, Any]:
+        """The model record of the contract (model info)."""
+        modalities = {"input": ["text", "image"] if self.editing else ["text"], "output": ["image"]}
+        return {
+            "model": self.id,
+            "brief_description": self.brief_description,
+            "detailed_description": self.detailed_description,
+            "model_type": self.model_type,
+            "modalities": modalities,
+            "parameters": [p.to_record() for p in self.parameters],
+            "tags": list(self.tags),
+            "aliases": list(self.aliases),
+            "created_at": self.created_at,
+            "updated_at": self.created_at,
+            "qworkers": qworkers,
+            "org_id": "",
+            "host_type": "internal",
+        }
+
+
+@dataclass(frozen=True)
+class Registry:
+    models: dict[str, ModelSpec]
+    default: str | None = None
+    source: Path | None = None
+
+    def get(self, model_id: str) -> ModelSpec:
+        """The model by id or alias; raises ModelNotFound."""
+        spec = self.models.get(model_id)
+        if spec is None:
+            spec = next((m for m in self.models.values() if model_id in m.aliases), None)
+        if spec is None:
+            raise ModelNotFound(f"unknown model {model_id!r}; known: {', '.join(self.models) or 'none'}",
+                                field="model")
+        return spec
+
+    def ids(self) -> list[str]:
+        return list(self.models)
+
+
+def load_registry(path: Path) -> Registry:
+    """Parse a registry file. Relative weight paths resolve against the file's folder."""
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    base = path.resolve().parent
+    created = int(path.stat().st_mtime)
+    models: dict[str, ModelSpec] = {}
+    for model_id, entry in data.get("models", {}).items():
+        models[model_id] = parse_model(model_id, entry, base=base, created_at=created)
+    default = data.get("default")
+    if default is not None and default not in models:
+        raise ValueError(f"{path}: default model {default!r} is not defined")
+    return Registry(models=models, default=default, source=path)
+
+
+def parse_model(model_id: str, entry: dict[str, Any], *, base: Path, created_at: int = 0) -> ModelSpec:
+    pipeline = entry.get("pipeline", "flux")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"model {model_id!r}: pipeline must be one of {', '.join(PIPELINES)}")
+    raw_path = entry.get("path", model_id)
+    candidate = Path(raw_path).expanduser()
+    if not candidate.is_absolute():
+        local = base / candidate
+        # "org/name" that is not a local folder is a hub id.
+        candidate = local if (local.exists() or raw_path.startswith((".", "/")) or "/" not in raw_path) else None
+    path = str(candidate.resolve()) if candidate is not None else raw_path
+    params = apply_overrides(standard_params(editing=pipeline == "flux-kontext"), entry.get("parameters", {}))
+    return ModelSpec(
+        id=model_id,
+        engine=entry.get("engine", "flux"),
+        pipeline=pipeline,
+        path=path,
+        parameters=tuple(params),
+        brief_description=entry.get("brief_description", ""),
+        detailed_description=entry.get("detailed_description", ""),
+        tags=tuple(entry.get("tags", ())),
+        aliases=tuple(entry.get("aliases", ())),
+        options=dict(entry.get("options", {})),
+        created_at=created_at,
+    )

@@ -1,0 +1,59 @@
+"""Image sizes and formats: aspect ratio to pixels, encoding, decoding inputs. Torch-free."""
+
+from __future__ import annotations
+
+import io
+import math
+
+from PIL import Image, UnidentifiedImageError
+
+from darkroom.errors import InvalidField
+
+TARGET_AREA = 1024 * 1024
+MULTIPLE = 16
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+def size_for_aspect(w: int, h: int, *, area: int = TARGET_AREA, multiple: int = MULTIPLE) -> tuple[int, int]:
+    """Width and height of about ``area`` pixels at ratio w:h, each a multiple of ``multiple``.
+
+    Chooses, among multiples near the exact solution, the pair closest in ratio while
+    staying within 10% of the area.
+    """
+    ratio = w / h
+    exact_w = math.sqrt(area * ratio)
+    exact_h = math.sqrt(area / ratio)
+    best: tuple[float, int, int] | None = None
+    for dw in (-2, -1, 0, 1, 2):
+        for dh in (-2, -1, 0, 1, 2):
+            cw = (round(exact_w / multiple) + dw) * multiple
+            ch = (round(exact_h / multiple) + dh) * multiple
+            if cw <= 0 or ch <= 0 or abs(cw * ch - area) > 0.1 * area:
+                continue
+            score = abs(math.log((cw / ch) / ratio)) + 0.1 * abs(math.log(cw * ch / area))
+            if best is None or score < best[0]:
+                best = (score, cw, ch)
+    assert best is not None
+    return best[1], best[2]
+
+
+def encode_image(image: Image.Image, output_format: str) -> bytes:
+    """JPEG (quality 95) or PNG bytes."""
+    buf = io.BytesIO()
+    if output_format == "jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=95)
+    elif output_format == "png":
+        image.save(buf, format="PNG")
+    else:
+        raise ValueError(f"unsupported output format {output_format!r}")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, field: str = "payload.input_image") -> Image.Image:
+    """An RGB image from bytes; raises InvalidField(code=invalid_input_image) if it is not one."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InvalidField(field, "is not a readable image (PNG, JPEG, WebP, ...)", code="invalid_input_image") from exc

@@ -1,0 +1,67 @@
+"""The one settings object.
+
+Built once at an edge (the CLI entry point, ``create_app(settings)``, a test) and
+passed down. Nothing below this module reads the environment.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The registry shipped with the source tree: <repo>/models/models.toml.
+_SOURCE_TREE_MODELS = Path(__file__).resolve().parents[2] / "models" / "models.toml"
+
+
+class Settings(BaseSettings):
+    """Every knob darkroom has. Environment variables use the ``DARKROOM_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="DARKROOM_", extra="ignore")
+
+    data_dir: Path = Field(Path("darkroom-data"), description="Database, results and secrets live here.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    models_file: Path | None = Field(None, description="Model registry (TOML); default models/models.toml.")
+    public_url: str | None = Field(
+        None, description="Base URL used in result links; default: the URL the request came in on."
+    )
+    secret_key: str | None = Field(None, description="HMAC key for result URLs; default: generated in data_dir.")
+    media_url_ttl_s: int = Field(3600, ge=1, description="Lifetime of signed result URLs.")
+    max_body_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted input image.")
+
+    # Worker
+    lease_s: float = Field(30.0, gt=0, description="A claimed request is requeued if its lease lapses this long.")
+    max_attempts: int = Field(3, ge=1, description="Claims of one request before it fails with worker_lost.")
+    poll_interval_s: float = Field(0.5, gt=0, description="How often an idle worker looks for work.")
+    worker_models: list[str] | None = Field(None, description="Models this worker serves; default all available.")
+    device: str | None = Field(None, description="torch device for engines; default cuda if present, else cpu.")
+
+    log_level: str = "INFO"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'darkroom.db').resolve()}"
+
+    def resolved_models_file(self) -> Path:
+        return self.models_file or _SOURCE_TREE_MODELS
+
+    def resolved_secret_key(self) -> bytes:
+        """The result-URL signing key: configured, or created once under data_dir and reused.
+
+        Every API replica must sign with the same key, so a generated key is stored, not
+        kept in memory.
+        """
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()

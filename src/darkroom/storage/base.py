@@ -1,0 +1,21 @@
+"""The blob store protocol. Keys are relative, slash-separated paths like ``results/<id>/0.png``."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` under ``key`` durably: once this returns, a crash does not lose it."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The bytes under ``key``; raises darkroom.errors.NotFound if there are none."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; no error if it is already gone."""
+        ...

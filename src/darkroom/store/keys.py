@@ -1,0 +1,98 @@
+"""API keys: created with a random secret, stored only as its SHA-256.
+
+Secrets are 32 random bytes, so a fast unsalted hash is enough: there is nothing to
+brute-force. A key is found by its non-secret prefix and the hashes are compared in
+constant time, so the response time says nothing about how much of a guess was right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+
+import sqlalchemy as sa
+
+from darkroom.domain import ApiKey
+from darkroom.errors import Conflict, InvalidField, NotFound
+from darkroom.store.rows import to_api_key
+from darkroom.store.tables import api_keys
+
+SECRET_PREFIX = "dr_"
+PREFIX_LEN = 8  # characters of the secret kept in clear, to tell keys apart in listings
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(conn: sa.Connection, name: str, now: float | None = None) -> tuple[ApiKey, str]:
+    """Create an active key named ``name``; return it and its secret (shown once, never stored).
+
+    Raises InvalidField for an empty name, Conflict if an active key has that name.
+    """
+    name = name.strip()
+    if not name:
+        raise InvalidField("name", "must not be empty")
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    values = {
+        "id": str(uuid.uuid4()),
+        "name": name,
+        "prefix": secret[:PREFIX_LEN],
+        "secret_hash": hash_secret(secret),
+        "created_at": time.time() if now is None else now,
+        "revoked_at": None,
+    }
+    # The partial unique index decides; the check gives a clear message. A savepoint keeps
+    # the caller's transaction usable (PostgreSQL aborts a transaction on any error).
+    try:
+        with conn.begin_nested():
+            row = conn.execute(api_keys.insert().values(values).returning(*api_keys.c)).one()
+    except sa.exc.IntegrityError as exc:
+        raise Conflict(f"an active key named {name!r} already exists") from exc
+    return to_api_key(row), secret
+
+
+def authenticate(conn: sa.Connection, secret: str) -> ApiKey | None:
+    """The active key whose secret is ``secret``, else None."""
+    digest = hash_secret(secret)
+    rows = conn.execute(
+        sa.select(api_keys).where(api_keys.c.prefix == secret[:PREFIX_LEN], api_keys.c.revoked_at.is_(None))
+    ).all()
+    found = None
+    for row in rows:  # prefixes can collide; check every candidate, without early exit
+        if hmac.compare_digest(row.secret_hash, digest):
+            found = row
+    return to_api_key(found) if found is not None else None
+
+
+def list_keys(conn: sa.Connection) -> list[ApiKey]:
+    """Every key, revoked ones included, oldest first."""
+    rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)).all()
+    return [to_api_key(r) for r in rows]
+
+
+def revoke_key(conn: sa.Connection, id_or_name: str, now: float | None = None) -> ApiKey:
+    """Revoke the key with this id, or the active key with this name; return it.
+
+    Revoking a revoked key (by id) returns it unchanged. Raises NotFound if none matches.
+    """
+    now = time.time() if now is None else now
+    row = None
+    # The id first: a name is chosen by people and could, in theory, equal another key's id.
+    for match in (api_keys.c.id == id_or_name, api_keys.c.name == id_or_name):
+        row = conn.execute(
+            sa.update(api_keys)
+            .where(match, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .returning(*api_keys.c)
+        ).first()
+        if row is not None:
+            break
+    if row is None:
+        row = conn.execute(sa.select(api_keys).where(api_keys.c.id == id_or_name)).first()
+    if row is None:
+        raise NotFound(f"no API key {id_or_name!r}")
+    return to_api_key(row)

@@ -1,0 +1,345 @@
+"""Request status changes: every one is a single guarded UPDATE through ``_transition``.
+
+The guard (``status IN expected`` plus, where it matters, the lease owner) is checked by
+the database at the moment of the write, so two actors racing for the same request
+cannot both win: the loser's UPDATE matches no row and it gets None back. That is how a
+zombie worker (whose lease lapsed and whose request was requeued or re-claimed) is kept
+from writing an outcome: the lease owner no longer matches.
+
+Every function here writes: call it inside ``database.write_transaction`` (BEGIN
+IMMEDIATE on SQLite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from darkroom.domain import TRANSITIONS, Request, Status
+from darkroom.errors import Conflict, RequestNotFound
+from darkroom.store.requests import get_request
+from darkroom.store.rows import to_request
+from darkroom.store.tables import requests
+
+WORKER_LOST = "worker_lost"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """What a worker learns when it renews its lease.
+
+    ``owned`` False: the request is no longer this worker's (requeued after the lease
+    lapsed, re-claimed, or finished): stop and discard the work. ``cancel_requested``:
+    the client asked to stop; stop at the next step and call ``mark_cancelled``.
+    Truthy when owned.
+    """
+
+    owned: bool
+    cancel_requested: bool = False
+
+    def __bool__(self) -> bool:
+        return self.owned
+
+
+def _transition(
+    conn: sa.Connection,
+    request_id: str | sa.ScalarSelect[Any],
+    to: Status,
+    *,
+    expect: set[Status],
+    now: float,
+    owner: str | None = None,
+    values: dict[str, Any] | None = None,
+    guard: Iterable[sa.ColumnElement[bool]] = (),
+) -> Request | None:
+    """Move one request to ``to`` if it is in one of the ``expect`` states; return it, or None.
+
+    ``request_id`` is an id or a scalar subquery selecting one (the claim). ``owner``
+    adds ``lease_owner = owner`` to the guard; ``guard`` adds further conditions;
+    ``values`` are the other columns to set. None means no row matched: the request is
+    unknown or the transition is not legal from its current state (or owner).
+
+    Raises ValueError (a programming error) if ``to`` is not in TRANSITIONS of some
+    expected state: the guard must never be able to make an illegal move.
+    """
+    if not expect:
+        raise ValueError("expect must name at least one state")
+    for source in expect:
+        if to not in TRANSITIONS[source]:
+            raise ValueError(f"{source} -> {to} is not a legal transition")
+    conditions = [
+        requests.c.id == request_id,
+        requests.c.status.in_(sorted(s.value for s in expect)),
+        *guard,
+    ]
+    if owner is not None:
+        conditions.append(requests.c.lease_owner == owner)
+    statement = (
+        sa.update(requests)
+        .where(*conditions)
+        .values(status=to.value, updated_at=now, **(values or {}))
+        .returning(*requests.c)
+    )
+    row = conn.execute(statement).first()
+    return to_request(row) if row is not None else None
+
+
+def _next_queued(models: list[str]) -> sa.ScalarSelect[Any]:
+    """The id of the request the next claim takes, as a subquery of the claiming UPDATE.
+
+    This ORDER BY is the queue's whole scheduling policy: FIFO by ``seq`` among the
+    models this worker serves (``ix_requests_claim`` covers it). Priority and per-key
+    round-robin fairness go here, and only here, e.g. ``ORDER BY priority DESC,
+    <the request's rank among its key's queued requests>, seq`` (a window function or a
+    denormalized per-key counter); ``requests.queue_position`` must then follow suit.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` makes concurrent claimers step over a row
+    another claimer has locked, instead of queueing behind it and then finding it taken.
+    (At READ COMMITTED it may, rarely, find nothing while rows are changing under it;
+    the worker simply polls again.) SQLite has no row locks and SQLAlchemy drops the
+    clause there: BEGIN IMMEDIATE makes the whole claim exclusive instead.
+    """
+    return (
+        sa.select(requests.c.id)
+        .where(requests.c.status == Status.QUEUED.value, requests.c.model.in_(models))
+        .order_by(requests.c.seq)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+
+
+def claim_request(conn: sa.Connection, worker_id: str, models: list[str], lease_s: float, now: float) -> Request | None:
+    """Take the oldest queued request for one of ``models``: processing, leased to ``worker_id``
+    until ``now + lease_s``, attempts + 1. None if nothing is queued for these models.
+
+    One statement on both backends: ``UPDATE ... WHERE id = (SELECT ... LIMIT 1 [FOR
+    UPDATE SKIP LOCKED]) AND status = 'queued' RETURNING``; the status guard makes a
+    lost race match no row rather than take a request twice.
+    """
+    if not models:
+        return None
+    return _transition(
+        conn,
+        _next_queued(list(models)),
+        Status.PROCESSING,
+        expect={Status.QUEUED},
+        now=now,
+        values={
+            "lease_owner": worker_id,
+            "lease_expires_at": now + lease_s,
+            "started_at": now,
+            "attempts": requests.c.attempts + 1,
+            "progress_step": None,
+            "progress_total": None,
+        },
+    )
+
+
+def _renew(
+    conn: sa.Connection, request_id: str, worker_id: str, lease_s: float, now: float, **values: Any
+) -> LeaseState:
+    # Not a status change, so not a _transition, but guarded the same way: only the
+    # owner of a processing request may extend its lease. A lease that has lapsed but was
+    # not requeued yet is still the owner's: renewing it is the owner catching up.
+    row = conn.execute(
+        sa.update(requests)
+        .where(
+            requests.c.id == request_id,
+            requests.c.status == Status.PROCESSING.value,
+            requests.c.lease_owner == worker_id,
+        )
+        .values(lease_expires_at=now + lease_s, updated_at=now, **values)
+        .returning(requests.c.cancel_requested)
+    ).first()
+    if row is None:
+        return LeaseState(owned=False, cancel_requested=False)
+    return LeaseState(owned=True, cancel_requested=bool(row.cancel_requested))
+
+
+def renew_lease(conn: sa.Connection, request_id: str, worker_id: str, lease_s: float, now: float) -> LeaseState:
+    """Extend the worker's lease to ``now + lease_s``; see LeaseState for what comes back."""
+    return _renew(conn, request_id, worker_id, lease_s, now)
+
+
+def report_progress(
+    conn: sa.Connection, request_id: str, worker_id: str, step: int, total: int, lease_s: float, now: float
+) -> LeaseState:
+    """Record progress ``step``/``total`` and renew the lease, in one UPDATE."""
+    return _renew(conn, request_id, worker_id, lease_s, now, progress_step=step, progress_total=total)
+
+
+def _ended(now: float) -> dict[str, Any]:
+    # lease_owner stays, as a record of which worker ran it last; the lease itself ends.
+    return {"finished_at": now, "lease_expires_at": None}
+
+
+def finish_request(
+    conn: sa.Connection, request_id: str, worker_id: str, outcome: dict[str, Any], now: float
+) -> Request | None:
+    """processing -> success with ``outcome``, only by the lease owner; None otherwise.
+
+    Exactly-once: a second finish, or a zombie's after its request was requeued, matches
+    no row and writes nothing.
+    """
+    return _transition(
+        conn,
+        request_id,
+        Status.SUCCESS,
+        expect={Status.PROCESSING},
+        owner=worker_id,
+        now=now,
+        values={**_ended(now), "outcome": outcome, "error": None},
+    )
+
+
+def fail_request(
+    conn: sa.Connection, request_id: str, worker_id: str, error: dict[str, Any], now: float
+) -> Request | None:
+    """processing -> failed, only by the lease owner; ``error`` is {"code", "message"}.
+
+    The outcome becomes {"error": error}. None if the worker does not own it (any more).
+    """
+    return _transition(
+        conn,
+        request_id,
+        Status.FAILED,
+        expect={Status.PROCESSING},
+        owner=worker_id,
+        now=now,
+        values={**_ended(now), "outcome": {"error": error}, "error": error},
+    )
+
+
+def _cancelled_values(now: float, message: str) -> dict[str, Any]:
+    error = {"code": CANCELLED, "message": message}
+    return {**_ended(now), "outcome": {"error": error}, "error": error, "cancel_requested": True}
+
+
+def cancel_request(conn: sa.Connection, request_id: str, key_id: str, now: float) -> Request:
+    """Cancel on the client's behalf and return the fresh record.
+
+    queued -> cancelled at once. processing: only flagged (``cancel_requested``); the
+    worker sees it when it next renews, stops, and calls ``mark_cancelled``. Flagging
+    again is a no-op. Raises Conflict if the request already ended, RequestNotFound if
+    it is unknown or belongs to another key.
+    """
+    mine = requests.c.key_id == key_id
+    # On PostgreSQL the request can move between these statements (claimed, or requeued
+    # by recovery); each attempt is guarded, so retry the two moves a few times.
+    for _ in range(5):
+        cancelled = _transition(
+            conn,
+            request_id,
+            Status.CANCELLED,
+            expect={Status.QUEUED},
+            now=now,
+            values=_cancelled_values(now, "cancelled by the client before it started"),
+            guard=[mine],
+        )
+        if cancelled is not None:
+            return cancelled
+        flagged = conn.execute(
+            sa.update(requests)
+            .where(requests.c.id == request_id, mine, requests.c.status == Status.PROCESSING.value)
+            .values(cancel_requested=True, updated_at=now)
+            .returning(*requests.c)
+        ).first()
+        if flagged is not None:
+            return to_request(flagged)
+        current = get_request(conn, request_id, key_id=key_id)
+        if current is None:
+            raise RequestNotFound(f"no request {request_id!r}")
+        if current.status.is_terminal:
+            raise Conflict(f"request is already {current.status.value}")
+    raise Conflict("request is changing state; try again")
+
+
+def mark_cancelled(conn: sa.Connection, request_id: str, worker_id: str, now: float) -> Request | None:
+    """processing -> cancelled by the lease owner (after it saw ``cancel_requested``)."""
+    return _transition(
+        conn,
+        request_id,
+        Status.CANCELLED,
+        expect={Status.PROCESSING},
+        owner=worker_id,
+        now=now,
+        values=_cancelled_values(now, "cancelled by the client while processing"),
+    )
+
+
+def requeue_stalled(conn: sa.Connection, max_attempts: int, now: float) -> tuple[list[str], list[str]]:
+    """Recover requests whose lease lapsed before ``now`` (their worker died or hung).
+
+    Each goes back to queued (lease and progress cleared, queued_at and seq kept, so it
+    is next in line) while it has had fewer than ``max_attempts`` claims; otherwise it
+    fails with code ``worker_lost``. One whose cancel was requested is cancelled instead.
+    Returns (requeued ids, failed ids); cancelled ones are in neither.
+
+    The guard is status + a still-lapsed lease + unchanged attempts and cancel flag, not
+    the owner (who is gone): if the owner renews, or another worker's recovery got here
+    first and the request was claimed again, the UPDATE matches nothing.
+    """
+    stalled = conn.execute(
+        sa.select(requests.c.id, requests.c.attempts, requests.c.cancel_requested)
+        .where(requests.c.status == Status.PROCESSING.value, requests.c.lease_expires_at < now)
+        .order_by(requests.c.seq)
+    ).all()
+    requeued: list[str] = []
+    failed: list[str] = []
+    for row in stalled:
+        guard = [
+            requests.c.lease_expires_at < now,
+            requests.c.attempts == row.attempts,
+            requests.c.cancel_requested == bool(row.cancel_requested),
+        ]
+        if row.cancel_requested:
+            _transition(
+                conn,
+                row.id,
+                Status.CANCELLED,
+                expect={Status.PROCESSING},
+                now=now,
+                guard=guard,
+                values=_cancelled_values(now, "cancelled by the client while processing"),
+            )
+        elif row.attempts < max_attempts:
+            done = _transition(
+                conn,
+                row.id,
+                Status.QUEUED,
+                expect={Status.PROCESSING},
+                now=now,
+                guard=guard,
+                values={
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "started_at": None,
+                    "progress_step": None,
+                    "progress_total": None,
+                },
+            )
+            if done is not None:
+                requeued.append(row.id)
+        else:
+            times = "once" if row.attempts == 1 else f"{row.attempts} times"
+            error = {
+                "code": WORKER_LOST,
+                "message": f"the worker processing this request stopped responding {times}",
+            }
+            done = _transition(
+                conn,
+                row.id,
+                Status.FAILED,
+                expect={Status.PROCESSING},
+                now=now,
+                guard=guard,
+                values={**_ended(now), "outcome": {"error": error}, "error": error},
+            )
+            if done is not None:
+                failed.append(row.id)
+    return requeued, failed

@@ -1,0 +1,213 @@
+"""``Store``: the durable queue's one entry point for the rest of darkroom.
+
+Every method runs in its own transaction and returns domain records (``darkroom.domain``),
+never rows. Methods are synchronous: the API calls them from a thread pool, workers
+call them directly. Times are float Unix seconds; ``now`` parameters exist for tests and
+default to ``time.time()``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from darkroom.domain import ApiKey, Page, Request, Status
+from darkroom.store import database, keys, lifecycle, workers
+from darkroom.store import requests as requests_
+from darkroom.store.lifecycle import LeaseState
+
+if TYPE_CHECKING:
+    from darkroom.settings import Settings
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+class Store:
+    """The request queue, API keys and worker registry, over SQLite or PostgreSQL."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        """Connect lazily to ``url`` (a SQLAlchemy URL: ``sqlite:///path`` or
+        ``postgresql+psycopg://...``). Call ``migrate()`` before first use."""
+        self.url = url
+        self._engine = database.create_engine(url, **engine_kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store ``settings`` describe; creates the data directory (and the SQLite file's)."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url()
+        path = database.sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"Store({sa.make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision. Idempotent; safe from concurrent processes."""
+        database.migrate(self._engine)
+
+    def close(self) -> None:
+        """Close pooled connections. The store may be used again afterwards (it reconnects)."""
+        self._engine.dispose()
+
+    def _write(self) -> AbstractContextManager[sa.Connection]:
+        return database.write_transaction(self._engine)
+
+    def _read(self) -> AbstractContextManager[sa.Connection]:
+        return database.read_transaction(self._engine)
+
+    # -- API keys ---------------------------------------------------------------------
+
+    def create_key(self, name: str, now: float | None = None) -> tuple[ApiKey, str]:
+        """Create a key; return it and its secret, which is not stored and cannot be shown again.
+
+        Raises InvalidField (empty name), Conflict (an active key has that name).
+        """
+        with self._write() as conn:
+            return keys.create_key(conn, name, _now(now))
+
+    def authenticate(self, secret: str) -> ApiKey | None:
+        """The active key whose secret this is, else None (unknown or revoked)."""
+        with self._read() as conn:
+            return keys.authenticate(conn, secret)
+
+    def list_keys(self) -> list[ApiKey]:
+        """All keys, revoked included, oldest first."""
+        with self._read() as conn:
+            return keys.list_keys(conn)
+
+    def revoke_key(self, id_or_name: str, now: float | None = None) -> ApiKey:
+        """Revoke by id or active name; return the key. Raises NotFound."""
+        with self._write() as conn:
+            return keys.revoke_key(conn, id_or_name, _now(now))
+
+    # -- requests ---------------------------------------------------------------------
+
+    def insert_request(self, key_id: str, model: str, payload: dict[str, Any], now: float | None = None) -> Request:
+        """Queue a new request and return it (status queued)."""
+        with self._write() as conn:
+            return requests_.insert_request(conn, key_id, model, payload, _now(now))
+
+    def get_request(self, request_id: str, key_id: str | None = None) -> Request | None:
+        """The request, or None; with ``key_id``, None for another key's request too."""
+        with self._read() as conn:
+            return requests_.get_request(conn, request_id, key_id)
+
+    def list_requests(
+        self,
+        key_id: str,
+        model: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """A page of the key's requests, newest first; ``total`` counts all matches."""
+        with self._read() as conn:
+            return requests_.list_requests(conn, key_id, model, status, limit, offset)
+
+    def count_requests(self) -> int:
+        """Number of stored requests, every key and state."""
+        with self._read() as conn:
+            return requests_.count_requests(conn)
+
+    def queue_position(self, request_id: str) -> int | None:
+        """Queued requests for the same model ahead of this one (0-based); None if not queued."""
+        with self._read() as conn:
+            return requests_.queue_position(conn, request_id)
+
+    # -- lifecycle (workers and clients) --------------------------------------------------
+
+    def claim_request(
+        self, worker_id: str, models: list[str], lease_s: float, now: float | None = None
+    ) -> Request | None:
+        """Atomically take the oldest queued request for ``models``; None if there is none.
+
+        Never hands one request to two claimers, across threads and processes.
+        """
+        with self._write() as conn:
+            return lifecycle.claim_request(conn, worker_id, models, lease_s, _now(now))
+
+    def renew_lease(self, request_id: str, worker_id: str, lease_s: float, now: float | None = None) -> LeaseState:
+        """Extend the lease; falsy LeaseState if the worker no longer owns the request."""
+        with self._write() as conn:
+            return lifecycle.renew_lease(conn, request_id, worker_id, lease_s, _now(now))
+
+    def report_progress(
+        self,
+        request_id: str,
+        worker_id: str,
+        step: int,
+        total: int,
+        *,
+        lease_s: float,
+        now: float | None = None,
+    ) -> LeaseState:
+        """Record progress and renew the lease in one UPDATE; same answer as renew_lease."""
+        with self._write() as conn:
+            return lifecycle.report_progress(conn, request_id, worker_id, step, total, lease_s, _now(now))
+
+    def finish_request(
+        self, request_id: str, worker_id: str, outcome: dict[str, Any], now: float | None = None
+    ) -> Request | None:
+        """processing -> success by the lease owner; None if it does not own it (any more)."""
+        with self._write() as conn:
+            return lifecycle.finish_request(conn, request_id, worker_id, outcome, _now(now))
+
+    def fail_request(
+        self, request_id: str, worker_id: str, error: dict[str, Any], now: float | None = None
+    ) -> Request | None:
+        """processing -> failed by the lease owner, ``error`` = {"code", "message"}; else None."""
+        with self._write() as conn:
+            return lifecycle.fail_request(conn, request_id, worker_id, error, _now(now))
+
+    def cancel_request(self, request_id: str, key_id: str, now: float | None = None) -> Request:
+        """Cancel (queued) or flag for cancelling (processing); return the fresh record.
+
+        Raises Conflict if it already ended, RequestNotFound if unknown or another key's.
+        """
+        with self._write() as conn:
+            return lifecycle.cancel_request(conn, request_id, key_id, _now(now))
+
+    def mark_cancelled(self, request_id: str, worker_id: str, now: float | None = None) -> Request | None:
+        """processing -> cancelled by the lease owner; None if it does not own it."""
+        with self._write() as conn:
+            return lifecycle.mark_cancelled(conn, request_id, worker_id, _now(now))
+
+    def requeue_stalled(self, max_attempts: int, now: float | None = None) -> tuple[list[str], list[str]]:
+        """Requeue (or fail with worker_lost) requests whose lease lapsed; (requeued, failed) ids."""
+        with self._write() as conn:
+            return lifecycle.requeue_stalled(conn, max_attempts, _now(now))
+
+    # -- workers ----------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, models: list[str], now: float | None = None) -> None:
+        """Record a worker and the models it serves (also a heartbeat)."""
+        with self._write() as conn:
+            workers.register_worker(conn, worker_id, models, _now(now))
+
+    def heartbeat_worker(self, worker_id: str, now: float | None = None) -> bool:
+        """Note the worker is alive; False if it is not registered."""
+        with self._write() as conn:
+            return workers.heartbeat_worker(conn, worker_id, _now(now))
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker (on clean shutdown)."""
+        with self._write() as conn:
+            workers.remove_worker(conn, worker_id)
+
+    def active_workers(self, model: str | None = None, within_s: float = 30.0, now: float | None = None) -> int:
+        """Workers that heartbeated within ``within_s`` seconds and serve ``model`` (if given)."""
+        with self._read() as conn:
+            return workers.active_workers(conn, model, within_s, _now(now))

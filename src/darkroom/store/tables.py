@@ -1,0 +1,86 @@
+"""The schema as SQLAlchemy Core tables: private to ``darkroom.store``.
+
+The migrations in ``migrations/versions`` are the history that creates this schema;
+``tests/store/test_schema.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from darkroom.domain import Status
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Unix seconds as a double everywhere: DOUBLE on SQLite, DOUBLE PRECISION on PostgreSQL.
+Timestamp = sa.Double
+
+# The CHECK mirrors the Status enum (style principle 4); a test keeps them equal.
+STATUS_CHECK = "status IN (" + ", ".join(f"'{s.value}'" for s in Status) + ")"
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("revoked_at", Timestamp, nullable=True),
+    # A name is unique among active keys only: a revoked key's name may be reused.
+    sa.Index(
+        "ix_api_keys_active_name",
+        "name",
+        unique=True,
+        sqlite_where=sa.text("revoked_at IS NULL"),
+        postgresql_where=sa.text("revoked_at IS NULL"),
+    ),
+    sa.Index("ix_api_keys_prefix", "prefix"),
+)
+
+requests = sa.Table(
+    "requests",
+    metadata,
+    # INTEGER (not BIGINT) on SQLite so that it is the rowid alias and autoincrements.
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(36), nullable=False, unique=True),
+    sa.Column("key_id", sa.String(36), sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("payload", sa.JSON(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("queued_at", Timestamp, nullable=False),
+    sa.Column("started_at", Timestamp, nullable=True),
+    sa.Column("finished_at", Timestamp, nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_expires_at", Timestamp, nullable=True),
+    sa.Column("progress_step", sa.Integer(), nullable=True),
+    sa.Column("progress_total", sa.Integer(), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("outcome", sa.JSON(), nullable=True),
+    sa.Column("error", sa.JSON(), nullable=True),
+    sa.CheckConstraint(STATUS_CHECK, name="status"),
+    sa.Index("ix_requests_claim", "status", "model", "seq"),
+    sa.Index("ix_requests_listing", "key_id", "seq"),
+    sa.Index("ix_requests_stalled", "status", "lease_expires_at"),
+    sqlite_autoincrement=True,  # never reuse a seq, even after the newest row is deleted
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("models", sa.JSON(), nullable=False),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("heartbeat_at", Timestamp, nullable=False),
+)

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random FLUX pipelines registered in a temporary model registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_REGISTRY = """
+default = "tiny"
+
+[models.tiny]
+pipeline = "flux"
+path = "{t2i}"
+brief_description = "tiny random FLUX for tests"
+[models.tiny.parameters]
+steps = {{ default = 2, minimum = 1, maximum = 50 }}
+[models.tiny.options]
+native_area = 4096
+max_sequence_length = 16
+
+[models.tiny-edit]
+pipeline = "flux-kontext"
+path = "{kontext}"
+brief_description = "tiny random FLUX Kontext for tests"
+[models.tiny-edit.parameters]
+steps = {{ default = 2, minimum = 1, maximum = 50 }}
+[models.tiny-edit.options]
+native_area = 4096
+max_sequence_length = 16
+
+[models.tiny-slow]
+pipeline = "flux"
+path = "{t2i}"
+brief_description = "the tiny model with many steps, to catch a request while it runs"
+[models.tiny-slow.parameters]
+steps = {{ default = 400, minimum = 1, maximum = 2000 }}
+[models.tiny-slow.options]
+native_area = 16384
+max_sequence_length = 16
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry file with ``tiny`` (text-to-image), ``tiny-edit`` (Kontext) and ``tiny-slow``."""
+    from darkroom.testing.tiny_pipeline import build_tiny_flux
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    t2i = build_tiny_flux(root / "tiny", kontext=False)
+    kontext = build_tiny_flux(root / "tiny-kontext", kontext=True)
+    registry = root / "models.toml"
+    registry.write_text(TINY_REGISTRY.format(t2i=t2i, kontext=kontext))
+    return registry

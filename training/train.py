@@ -1,0 +1,379 @@
+"""Train darkroom-mini from scratch (one seeded command).
+
+    python -m training.train --out models/darkroom-mini --seed 0 [--hours 1.75] [--resume]
+    python -m training.train --smoke --out /tmp/mini-smoke        # CI: tiny, < 1 min
+
+Stages (all in this one process, resumable):
+  1. VAE (AutoencoderKL, /8, 8 latent channels) on rendered scenes; latent
+     shift/scale computed from data and written into the VAE config.
+  2. FluxTransformer2DModel with rectified flow (x_t = (1-s) x0 + s n,
+     target n - x0, timestep=s as FluxPipeline passes t/1000), mixed
+     text-to-image and Kontext edit samples (context latents appended with
+     image ids whose first coordinate is 1, exactly as FluxKontextPipeline).
+     Training data is generated on the fly in chunks (render -> VAE encode ->
+     text encode through FluxPipeline.encode_prompt) into a rolling pool.
+Checkpoints: <run>/ckpt.pt every --ckpt-min minutes; pipeline exports in
+<run>/export (EMA weights); final export into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training import world
+from training import build_pipeline as bp
+from diffusers import FluxPipeline
+
+
+def log(msg: str):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def to_tensor(img) -> torch.Tensor:
+    a = torch.from_numpy(np.asarray(img, np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+    return a
+
+
+# ---------------------------------------------------------------------------
+# Stage 1: VAE
+# ---------------------------------------------------------------------------
+def train_vae(vae, steps: int, rng: random.Random, batch: int, log_every: int = 50, lr: float = 2e-3, crop: int = 64):
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    t0 = time.time()
+    aspects = list(world.ASPECTS)
+    for step in range(steps):
+        asp = rng.choice(aspects)
+        imgs = []
+        for _ in range(batch):
+            if rng.random() < 0.3:
+                _, src, tgt, _ = world.sample_edit(rng, aspect=asp)
+                sc = rng.choice([src, tgt])
+            else:
+                sc = world.sample_t2i(rng, "any", aspect=asp)[2]
+            im = to_tensor(world.render(sc))
+            _, H, W = im.shape
+            y0, x0 = rng.randrange(0, H - crop + 1), rng.randrange(0, W - crop + 1)
+            imgs.append(im[:, y0:y0 + crop, x0:x0 + crop])
+        x = torch.stack(imgs)
+        post = vae.encode(x).latent_dist
+        z = post.sample()
+        y = vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        rec = (y - x).abs().mean() + 2.0 * F.mse_loss(y, x)
+        loss = rec + 1e-4 * kl
+        cur = lr * min(1.0, (step + 1) / 30) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
+        for g in opt.param_groups:
+            g["lr"] = cur
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % log_every == 0 or step == steps - 1:
+            psnr = -10 * math.log10(F.mse_loss(y.detach().clamp(-1, 1), x).item() / 4 + 1e-12)
+            log(f"vae step {step}/{steps} loss {loss.item():.4f} kl {kl.item():.3f} psnr {psnr:.2f} "
+                f"({(step + 1) * batch / (time.time() - t0):.1f} img/s)")
+    vae.eval()
+    # latent statistics -> scaling/shift factor
+    with torch.no_grad():
+        zs = []
+        for _ in range(8):
+            asp = rng.choice(aspects)
+            x = torch.stack([to_tensor(world.render(world.sample_t2i(rng, "any", aspect=asp)[2])) for _ in range(8)])
+            zs.append(vae.encode(x).latent_dist.mode().flatten())
+        zs = torch.cat(zs)
+        shift, scale = zs.mean().item(), 1.0 / zs.std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    log(f"vae latent shift {shift:.4f} scale {scale:.4f}")
+    return vae
+
+
+# ---------------------------------------------------------------------------
+# Data pool
+# ---------------------------------------------------------------------------
+class Pool:
+    """Rolling pool of encoded samples, bucketed by (kind, aspect)."""
+
+    def __init__(self, pipe: FluxPipeline, max_len: int, cap: int):
+        self.pipe = pipe
+        self.max_len = max_len
+        self.cap = cap
+        self.buckets: dict[tuple, dict[str, list]] = {}
+        self.n = 0
+        self.generated = 0
+        self._empty = None
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]):
+        pe, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=torch.device("cpu"),
+                                                max_sequence_length=self.max_len)
+        return pe.to(torch.float16), pooled.to(torch.float16)
+
+    def empty(self):
+        if self._empty is None:
+            self._empty = self.encode_text([bp.NEGATIVE_PROMPT])
+        return self._empty
+
+    @torch.no_grad()
+    def encode_images(self, imgs):
+        vae = self.pipe.vae
+        x = torch.stack([to_tensor(i) for i in imgs])
+        z = vae.encode(x).latent_dist.mode()
+        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        return z.to(torch.float16)
+
+    def _fits(self, text: str) -> bool:
+        return len(self.pipe.tokenizer(text).input_ids) <= self.max_len
+
+    @torch.no_grad()
+    def generate(self, n: int, rng: random.Random, edit_frac: float):
+        per_aspect = max(1, n // (len(world.ASPECTS) * 2))
+        for asp in world.ASPECTS:
+            for kind in ("t2i", "edit"):
+                k = int(round(per_aspect * 2 * (edit_frac if kind == "edit" else 1 - edit_frac)))
+                if k == 0:
+                    continue
+                caps, tg, ctx = [], [], []
+                while len(caps) < k:
+                    if kind == "t2i":
+                        cap, spec, sc = world.sample_t2i(rng, "train", aspect=asp)
+                        if not self._fits(cap):
+                            continue
+                        caps.append(cap)
+                        tg.append(world.render(sc))
+                    else:
+                        ins, src, tgt, spec = world.sample_edit(rng, aspect=asp)
+                        if not self._fits(ins):
+                            continue
+                        caps.append(ins)
+                        s_img, t_img = world.render_pair(src, tgt)
+                        tg.append(t_img)
+                        ctx.append(s_img)
+                pe, pooled = self.encode_text(caps)
+                zt = self.encode_images(tg)
+                zc = self.encode_images(ctx) if ctx else None
+                b = self.buckets.setdefault((kind, asp), {"pe": [], "pooled": [], "z": [], "ctx": []})
+                for i in range(k):
+                    b["pe"].append(pe[i]); b["pooled"].append(pooled[i]); b["z"].append(zt[i])
+                    b["ctx"].append(zc[i] if zc is not None else None)
+                overflow = len(b["z"]) - self.cap // (len(world.ASPECTS) * 2)
+                if overflow > 0:
+                    for key in b:
+                        del b[key][:overflow]
+                self.generated += k
+        self.n = sum(len(b["z"]) for b in self.buckets.values())
+
+    def batch(self, rng: random.Random, bs: int, edit_frac: float):
+        kind = "edit" if rng.random() < edit_frac else "t2i"
+        keys = [k for k in self.buckets if k[0] == kind and self.buckets[k]["z"]]
+        key = rng.choice(keys)
+        b = self.buckets[key]
+        idx = [rng.randrange(len(b["z"])) for _ in range(bs)]
+        pe = torch.stack([b["pe"][i] for i in idx]).float()
+        pooled = torch.stack([b["pooled"][i] for i in idx]).float()
+        z = torch.stack([b["z"][i] for i in idx]).float()
+        ctx = torch.stack([b["ctx"][i] for i in idx]).float() if kind == "edit" else None
+        return kind, pe, pooled, z, ctx
+
+
+# ---------------------------------------------------------------------------
+# Transformer step (mirrors FluxPipeline / FluxKontextPipeline exactly)
+# ---------------------------------------------------------------------------
+def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator):
+    B, C, h, w = z.shape
+    P = FluxPipeline
+    x0 = P._pack_latents(z, B, C, h, w)
+    ids = P._prepare_latent_image_ids(B, h // 2, w // 2, z.device, z.dtype)
+    N = x0.shape[1]
+    noise = torch.randn(x0.shape, generator=gen)
+    u = torch.rand(B, generator=gen)
+    ln = torch.sigmoid(torch.randn(B, generator=gen) * 1.0)
+    s = torch.where(u < 0.8, ln, torch.rand(B, generator=gen)).clamp(1e-3, 1.0)
+    xt = (1 - s[:, None, None]) * x0 + s[:, None, None] * noise
+    hidden = xt
+    if ctx is not None:
+        c = P._pack_latents(ctx, B, C, h, w)
+        cid = P._prepare_latent_image_ids(B, h // 2, w // 2, z.device, z.dtype)
+        cid[..., 0] = 1
+        hidden = torch.cat([xt, c], dim=1)
+        ids = torch.cat([ids, cid], dim=0)
+    txt_ids = torch.zeros(pe.shape[1], 3)
+    out = transformer(hidden_states=hidden, timestep=s, guidance=None, pooled_projections=pooled,
+                      encoder_hidden_states=pe, txt_ids=txt_ids, img_ids=ids, return_dict=False)[0]
+    out = out[:, :N]
+    return F.mse_loss(out, noise - x0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="models/darkroom-mini")
+    ap.add_argument("--run", default=None, help="run dir (default training/runs/<name>)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--hours", type=float, default=1.75, help="total wall-clock budget incl. VAE")
+    ap.add_argument("--vae-steps", type=int, default=500)
+    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--edit-frac", type=float, default=0.3)
+    ap.add_argument("--cfg-drop", type=float, default=0.1)
+    ap.add_argument("--pool", type=int, default=60000)
+    ap.add_argument("--refresh-every", type=int, default=40, help="steps between pool refreshes")
+    ap.add_argument("--refresh-n", type=int, default=256)
+    ap.add_argument("--init-pool", type=int, default=2500)
+    ap.add_argument("--ckpt-min", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ema", type=float, default=0.998)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.vae_steps, args.vae_batch, args.batch = 3, 2, 4
+        args.refresh_n, args.refresh_every = 24, 3
+        args.hours = 0.0
+        args.max_steps = 6
+    else:
+        args.max_steps = None
+    run = Path(args.run or f"training/runs/{'smoke' if args.smoke else 'mini-s%d' % args.seed}")
+    run.mkdir(parents=True, exist_ok=True)
+    log(f"args {vars(args)}")
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    ckpt_path = run / "ckpt.pt"
+
+    enc = bp.load_text_encoder()
+    state = None
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        log(f"resuming from step {state['step']} (elapsed {state['elapsed'] / 60:.1f} min)")
+
+    vae = bp.make_vae()
+    t_start = time.time()
+    prev_elapsed = 0.0
+    if state is not None:
+        vae.load_state_dict(state["vae"])
+        vae.register_to_config(shift_factor=state["vae_shift"], scaling_factor=state["vae_scale"])
+        prev_elapsed = state["elapsed"]
+    elif (run / "vae.pt").exists() and args.resume:
+        s = torch.load(run / "vae.pt", map_location="cpu")
+        vae.load_state_dict(s["sd"]); vae.register_to_config(shift_factor=s["shift"], scaling_factor=s["scale"])
+        prev_elapsed = s["elapsed"]
+        log("loaded trained VAE from run dir")
+    else:
+        train_vae(vae, args.vae_steps, rng, args.vae_batch)
+        prev_elapsed = time.time() - t_start
+        torch.save({"sd": vae.state_dict(), "shift": vae.config.shift_factor, "scale": vae.config.scaling_factor,
+                    "elapsed": prev_elapsed}, run / "vae.pt")
+    vae.eval().requires_grad_(False)
+
+    transformer = bp.make_transformer()
+    pipe = bp.assemble(transformer, vae, text_encoder=enc)
+    ema = copy.deepcopy(transformer).requires_grad_(False)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    step = 0
+    if state is not None and "transformer" in state:
+        transformer.load_state_dict(state["transformer"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    nparams = sum(p.numel() for p in transformer.parameters())
+    log(f"transformer params {nparams / 1e6:.2f}M")
+
+    data_rng = random.Random(args.seed * 1000003 + step)
+    gen = torch.Generator().manual_seed(args.seed * 7919 + step)
+    pool = Pool(pipe, bp.MAX_SEQ, args.pool)
+    t0 = time.time()
+    init_n = 48 if args.smoke else args.init_pool
+    pool.generate(init_n, data_rng, args.edit_frac)
+    empty_pe, empty_pooled = pool.empty()
+    log(f"initial pool {pool.n} samples in {time.time() - t0:.1f}s")
+
+    budget = args.hours * 3600
+    seg_start = time.time()
+    last_ckpt = time.time()
+    losses = {"t2i": [], "edit": []}
+    n_seen = 0
+    t_log = time.time()
+
+    def elapsed():
+        return prev_elapsed + (time.time() - seg_start)
+
+    def save_ckpt(final=False):
+        torch.save({"step": step, "elapsed": elapsed(), "transformer": transformer.state_dict(),
+                    "ema": ema.state_dict(), "opt": opt.state_dict(), "vae": vae.state_dict(),
+                    "vae_shift": vae.config.shift_factor, "vae_scale": vae.config.scaling_factor,
+                    "args": vars(args)}, str(ckpt_path) + ".tmp")
+        os.replace(str(ckpt_path) + ".tmp", ckpt_path)
+        exp = run / "export"
+        bp.save_pipeline(ema, vae, exp, {"train_step": step, "train_minutes": round(elapsed() / 60, 1),
+                                         "seed": args.seed})
+        log(f"checkpoint step {step} -> {ckpt_path}, export -> {exp}")
+        if final:
+            bp.save_pipeline(ema, vae, args.out, {"train_step": step, "train_minutes": round(elapsed() / 60, 1),
+                                                  "seed": args.seed})
+            log(f"final pipeline -> {args.out}")
+
+    transformer.train()
+    while True:
+        if args.max_steps is not None and step >= args.max_steps:
+            break
+        frac = elapsed() / budget if budget > 0 else 1.0
+        if args.max_steps is None and frac >= 1.0:
+            break
+        warm = min(1.0, (step + 1) / 300)
+        lr = args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        kind, pe, pooled, z, ctx = pool.batch(data_rng, args.batch, args.edit_frac)
+        if args.cfg_drop > 0:
+            # unconditional samples for classifier-free guidance: empty prompt; for edits the
+            # unconditional target is the unchanged source image (identity edit)
+            drop = torch.rand(pe.shape[0], generator=gen) < args.cfg_drop
+            if drop.any():
+                pe[drop] = empty_pe[0].float()
+                pooled[drop] = empty_pooled[0].float()
+                if ctx is not None:
+                    z[drop] = ctx[drop]
+        loss = flow_loss(transformer, pe, pooled, z, ctx, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        step += 1
+        n_seen += z.shape[0]
+        d = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe_, p in zip(ema.parameters(), transformer.parameters()):
+                pe_.lerp_(p, 1 - d)
+        losses[kind].append(loss.item())
+        if step % args.refresh_every == 0:
+            pool.generate(args.refresh_n, data_rng, args.edit_frac)
+        if step % 25 == 0 or args.smoke:
+            dt = time.time() - t_log
+            lt = np.mean(losses["t2i"][-50:]) if losses["t2i"] else float("nan")
+            le = np.mean(losses["edit"][-50:]) if losses["edit"] else float("nan")
+            log(f"step {step} loss_t2i {lt:.4f} loss_edit {le:.4f} lr {lr:.2e} {n_seen / max(dt, 1e-6):.1f} samp/s "
+                f"pool {pool.n} gen {pool.generated} elapsed {elapsed() / 60:.1f}m")
+            n_seen, t_log = 0, time.time()
+        if time.time() - last_ckpt > args.ckpt_min * 60:
+            save_ckpt()
+            last_ckpt = time.time()
+    save_ckpt(final=True)
+    (run / "DONE").write_text(json.dumps({"step": step, "elapsed_min": elapsed() / 60}))
+    log("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,737 @@
+"""Procedural captioned world for darkroom-mini.
+
+Scenes: a background (plain or two-colour gradient) with 1-4 flat-coloured
+objects (6 shapes, 8 colours, 2 sizes) placed at absolute positions or in
+pairwise relations, with counts 1-4.  Every scene comes with a *spec* (what
+its caption asks for) so that ``training.evaluate`` can score generated images.
+
+Also produces Kontext edit triplets (source, instruction, target) for
+recolour / move / add / remove / background edits.
+
+Everything is deterministic given a ``random.Random`` instance.
+
+Held-out combinations: a stable hash of each scene's *combination key*
+(e.g. the unordered pair of (colour, shape) in a two-object prompt) puts about
+12% of combinations in a held-out split that training never renders.
+Paraphrase wordings: some templates and synonyms are reserved for the
+paraphrase evaluation set and never appear in training captions.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, field, asdict
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# --------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------
+SHAPES = ["circle", "square", "triangle", "star", "heart", "ring"]
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 35),
+    "orange": (250, 135, 10),
+    "yellow": (245, 215, 20),
+    "green": (30, 160, 50),
+    "teal": (10, 170, 175),
+    "blue": (30, 70, 220),
+    "purple": (130, 40, 200),
+    "pink": (240, 70, 170),
+}
+BG_COLOURS: dict[str, tuple[int, int, int]] = {
+    "white": (248, 248, 248),
+    "gray": (170, 170, 170),
+    "cream": (245, 236, 205),
+    "light blue": (190, 215, 245),
+    "mint": (200, 240, 215),
+    "lavender": (225, 212, 245),
+    "charcoal": (60, 60, 64),
+    "black": (18, 18, 22),
+}
+SIZES = ["small", "big"]
+POSITIONS = ["left", "right", "top", "bottom", "center"]
+RELATIONS = ["left_of", "right_of", "above", "below"]
+INVERSE_REL = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
+
+# Native generation sizes (width, height), multiples of 16 (VAE /8 x 2x2 packing).
+ASPECTS: dict[str, tuple[int, int]] = {
+    "1:1": (128, 128),
+    "16:9": (176, 96),
+    "9:16": (96, 176),
+    "4:3": (144, 112),
+    "3:7": (80, 192),
+    "7:3": (192, 80),
+}
+
+# Words.  "train" lists are used in training captions; "para" lists are
+# reserved for the paraphrase evaluation set only.
+COLOUR_WORDS = {
+    "red": {"train": ["red", "crimson"], "para": ["scarlet"]},
+    "orange": {"train": ["orange", "tangerine"], "para": ["amber"]},
+    "yellow": {"train": ["yellow", "golden"], "para": ["lemon"]},
+    "green": {"train": ["green", "emerald"], "para": ["grassy green"]},
+    "teal": {"train": ["teal", "turquoise"], "para": ["cyan"]},
+    "blue": {"train": ["blue", "navy"], "para": ["cobalt"]},
+    "purple": {"train": ["purple", "violet"], "para": ["plum"]},
+    "pink": {"train": ["pink", "magenta"], "para": ["hot pink"]},
+}
+SHAPE_WORDS = {
+    "circle": {"train": ["circle", "ball", "disc", "dot"], "para": ["round disk", "orb"]},
+    "square": {"train": ["square", "box", "block"], "para": ["tile", "cube"]},
+    "triangle": {"train": ["triangle"], "para": ["pyramid shape"]},
+    "star": {"train": ["star"], "para": ["five-pointed star"]},
+    "heart": {"train": ["heart"], "para": ["love heart"]},
+    "ring": {"train": ["ring", "donut", "hoop"], "para": ["doughnut", "loop"]},
+}
+SHAPE_PLURAL = {"box": "boxes", "disc": "discs", "round disk": "round disks", "pyramid shape": "pyramid shapes",
+                "five-pointed star": "five-pointed stars", "love heart": "love hearts"}
+SIZE_WORDS = {
+    "small": {"train": ["small", "little", "tiny"], "para": ["miniature"]},
+    "big": {"train": ["big", "large"], "para": ["huge"]},
+}
+NUM_WORDS = {
+    1: {"train": ["a", "one"], "para": ["a single"]},
+    2: {"train": ["two", "2"], "para": ["a pair of"]},
+    3: {"train": ["three", "3"], "para": ["a trio of"]},
+    4: {"train": ["four", "4"], "para": ["a group of four"]},
+}
+POS_WORDS = {
+    "left": {"train": ["on the left", "at the left", "on the left side"], "para": ["toward the left edge"]},
+    "right": {"train": ["on the right", "at the right", "on the right side"], "para": ["toward the right edge"]},
+    "top": {"train": ["at the top", "near the top", "in the upper part"], "para": ["up high"]},
+    "bottom": {"train": ["at the bottom", "near the bottom", "in the lower part"], "para": ["down low"]},
+    "center": {"train": ["in the center", "in the middle", "in the centre"], "para": ["right in the middle"]},
+}
+REL_WORDS = {
+    "left_of": {"train": ["left of", "to the left of"], "para": ["on the left-hand side of"]},
+    "right_of": {"train": ["right of", "to the right of"], "para": ["on the right-hand side of"]},
+    "above": {"train": ["above", "over"], "para": ["higher than"]},
+    "below": {"train": ["below", "under", "beneath"], "para": ["lower than"]},
+}
+BG_WORDS = {
+    "white": {"train": ["white"], "para": ["snow white"]},
+    "gray": {"train": ["gray", "grey"], "para": ["silver"]},
+    "cream": {"train": ["cream", "beige"], "para": ["ivory"]},
+    "light blue": {"train": ["light blue", "pale blue"], "para": ["baby blue"]},
+    "mint": {"train": ["mint", "pale green"], "para": ["mint green"]},
+    "lavender": {"train": ["lavender", "lilac"], "para": ["pale violet"]},
+    "charcoal": {"train": ["charcoal", "dark gray"], "para": ["slate"]},
+    "black": {"train": ["black"], "para": ["jet black"]},
+}
+
+
+def _w(table: dict, key, mode: str, rng: random.Random) -> str:
+    return rng.choice(table[key][mode])
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+# --------------------------------------------------------------------------
+# Scene data
+# --------------------------------------------------------------------------
+@dataclass
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    cx: float  # normalised centre x (0..1)
+    cy: float  # normalised centre y (0..1)
+
+
+@dataclass
+class Scene:
+    aspect: str
+    bg: tuple  # ("plain", name) or ("gradient", name1, name2, "h"|"v")
+    objects: list[Obj]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return ASPECTS[self.aspect]
+
+    def to_dict(self) -> dict:
+        return {"aspect": self.aspect, "bg": list(self.bg), "objects": [asdict(o) for o in self.objects]}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Scene":
+        return Scene(d["aspect"], tuple(d["bg"]), [Obj(**o) for o in d["objects"]])
+
+
+# A *spec* is a plain dict describing what a prompt asks for:
+# {"category": str,
+#  "groups": [{"shape", "colour", "size"|None, "count", "position"|None}],
+#  "relations": [[i, rel, j]],      # group i rel group j
+#  "exact": bool,                   # no other objects allowed
+#  "background": None | ("plain", name) | ("gradient", a, b)}
+
+
+def object_radius_px(size: str, w: int, h: int) -> float:
+    big = min(0.17 * math.sqrt(w * h), 0.23 * min(w, h))
+    return big if size == "big" else big * 0.62
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+SS = 4  # supersampling factor
+
+
+def _shape_mask(shape: str, cx: float, cy: float, r: float, W: int, H: int) -> Image.Image:
+    """Binary mask (mode L) of one shape at supersampled resolution."""
+    m = Image.new("L", (W, H), 0)
+    d = ImageDraw.Draw(m)
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif shape == "square":
+        s = r * 0.86
+        d.rectangle([cx - s, cy - s, cx + s, cy + s], fill=255)
+    elif shape == "triangle":
+        pts = [(cx, cy - r), (cx + r * 0.98, cy + r * 0.8), (cx - r * 0.98, cy + r * 0.8)]
+        d.polygon(pts, fill=255)
+    elif shape == "star":
+        pts = []
+        for k in range(10):
+            a = -math.pi / 2 + k * math.pi / 5
+            rr = r if k % 2 == 0 else r * 0.45
+            pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a) + r * 0.08))
+        d.polygon(pts, fill=255)
+    elif shape == "heart":
+        pts = []
+        for k in range(64):
+            t = 2 * math.pi * k / 64
+            x = 16 * math.sin(t) ** 3
+            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+            pts.append((cx + x / 17.0 * r, cy - (y + 2.5) / 16.0 * r))
+        d.polygon(pts, fill=255)
+    elif shape == "ring":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        ri = r * 0.55
+        d.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
+    else:
+        raise ValueError(shape)
+    return m
+
+
+def render_background(bg: tuple, W: int, H: int) -> np.ndarray:
+    if bg[0] == "plain":
+        c = np.array(BG_COLOURS[bg[1]], np.float32)
+        return np.broadcast_to(c, (H, W, 3)).copy()
+    _, a, b, direction = bg
+    ca = np.array(BG_COLOURS[a], np.float32)
+    cb = np.array(BG_COLOURS[b], np.float32)
+    if direction == "h":
+        t = np.linspace(0, 1, W, dtype=np.float32)[None, :, None]
+    else:
+        t = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
+    img = ca * (1 - t) + cb * t
+    return np.broadcast_to(img, (H, W, 3)).copy()
+
+
+def render(scene: Scene, size: tuple[int, int] | None = None) -> Image.Image:
+    """Render a scene (anti-aliased) at its native size or ``size``=(w, h)."""
+    W, H = size or scene.size
+    img = render_background(scene.bg, W, H)
+    for o in scene.objects:
+        r = object_radius_px(o.size, *scene.size) * (W / scene.size[0])
+        m = _shape_mask(o.shape, o.cx * W * SS, o.cy * H * SS, r * SS, W * SS, H * SS)
+        a = np.asarray(m.resize((W, H), Image.BOX), np.float32)[..., None] / 255.0
+        img = img * (1 - a) + np.array(COLOURS[o.colour], np.float32) * a
+    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------
+def _pos_region(pos: str | None, W: int, H: int, r: float):
+    """Return (xlo, xhi, ylo, yhi) range of centre pixels for a position word."""
+    pad = r + 2
+    if pos is None:
+        return pad, W - pad, pad, H - pad
+    if pos == "left":
+        return pad, max(pad, 0.28 * W), 0.3 * H, 0.7 * H
+    if pos == "right":
+        return min(W - pad, 0.72 * W), W - pad, 0.3 * H, 0.7 * H
+    if pos == "top":
+        return 0.3 * W, 0.7 * W, pad, max(pad, 0.28 * H)
+    if pos == "bottom":
+        return 0.3 * W, 0.7 * W, min(H - pad, 0.72 * H), H - pad
+    if pos == "center":
+        return 0.42 * W, 0.58 * W, 0.42 * H, 0.58 * H
+    raise ValueError(pos)
+
+
+def _clamp_region(reg, W, H, r):
+    pad = r + 1
+    xlo, xhi, ylo, yhi = reg
+    xlo, ylo = max(xlo, pad), max(ylo, pad)
+    xhi, yhi = min(xhi, W - pad), min(yhi, H - pad)
+    if xhi < xlo:
+        xlo = xhi = W / 2
+    if yhi < ylo:
+        ylo = yhi = H / 2
+    return xlo, xhi, ylo, yhi
+
+
+def _free(x, y, r, placed, gap):
+    for (px, py, pr) in placed:
+        if math.hypot(x - px, y - py) < r + pr + gap:
+            return False
+    return True
+
+
+def place(items: list[dict], relations: list, W: int, H: int, rng: random.Random, tries: int = 400):
+    """items: [{"size", "position"}]; relations: [(i, rel, j)]. Returns list of (cx, cy) px or None."""
+    radii = [object_radius_px(it["size"], W, H) for it in items]
+    gap = 0.06 * min(W, H) + 2
+    for _ in range(tries):
+        placed = []
+        ok = True
+        for k, it in enumerate(items):
+            r = radii[k]
+            rels = [(i, rel, j) for (i, rel, j) in relations if i == k and j < k]
+            found = False
+            for _t in range(60):
+                if rels:
+                    i, rel, j = rels[0]
+                    jx, jy, jr = placed[j]
+                    sep = r + jr + gap
+                    if rel == "left_of":
+                        x = jx - sep - rng.uniform(0, 0.25 * W); y = jy + rng.uniform(-0.35, 0.35) * (jx - x)
+                    elif rel == "right_of":
+                        x = jx + sep + rng.uniform(0, 0.25 * W); y = jy + rng.uniform(-0.35, 0.35) * (x - jx)
+                    elif rel == "above":
+                        y = jy - sep - rng.uniform(0, 0.25 * H); x = jx + rng.uniform(-0.35, 0.35) * (jy - y)
+                    else:
+                        y = jy + sep + rng.uniform(0, 0.25 * H); x = jx + rng.uniform(-0.35, 0.35) * (y - jy)
+                    if not (r + 1 <= x <= W - r - 1 and r + 1 <= y <= H - r - 1):
+                        continue
+                else:
+                    xlo, xhi, ylo, yhi = _clamp_region(_pos_region(it.get("position"), W, H, r), W, H, r)
+                    x = rng.uniform(xlo, xhi); y = rng.uniform(ylo, yhi)
+                if _free(x, y, r, placed, gap):
+                    placed.append((x, y, r)); found = True
+                    break
+            if not found:
+                ok = False
+                break
+        if ok:
+            return [(p[0], p[1]) for p in placed]
+    return None
+
+
+# --------------------------------------------------------------------------
+# Held-out split
+# --------------------------------------------------------------------------
+HELDOUT_FRACTION = 0.12
+
+
+def _h(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def combo_keys(spec: dict) -> list[str]:
+    """Keys of the attribute combinations a prompt exercises."""
+    g = spec["groups"]
+    keys = []
+    if len(g) == 1:
+        x = g[0]
+        keys.append(f"1|{x['colour']}|{x['shape']}|{x.get('position')}|{x['count']}")
+    else:
+        parts = sorted(f"{x['colour']}-{x['shape']}" for x in g)
+        keys.append("n|" + "|".join(parts))
+    return keys
+
+
+def is_heldout(spec: dict) -> bool:
+    return any(_h(k) < HELDOUT_FRACTION for k in combo_keys(spec))
+
+
+# --------------------------------------------------------------------------
+# Prompt/scene sampling
+# --------------------------------------------------------------------------
+CATEGORIES = ["single", "two", "colour", "position", "counting", "binding"]
+
+
+def _obj_phrase(g: dict, mode: str, rng: random.Random, count_word: bool = True, say_size: bool | None = None) -> str:
+    n = g["count"]
+    colour = _w(COLOUR_WORDS, g["colour"], mode, rng)
+    shape = _w(SHAPE_WORDS, g["shape"], mode, rng)
+    if n > 1:
+        shape = SHAPE_PLURAL.get(shape, shape + "s")
+    words = []
+    if g.get("size") and (say_size is None or say_size):
+        words.append(_w(SIZE_WORDS, g["size"], mode, rng))
+    words += [colour, shape]
+    body = " ".join(words)
+    if not count_word:
+        return body
+    num = _w(NUM_WORDS, n, mode, rng)
+    if num == "a":
+        num = _article(body)
+    return f"{num} {body}"
+
+
+def _bg_phrase(bg, mode, rng):
+    if bg[0] == "plain":
+        c = _w(BG_WORDS, bg[1], mode, rng)
+        if mode == "train":
+            return rng.choice([f"on a {c} background", f"against a {c} background", f"on {c}", f"with a {c} backdrop"])
+        return rng.choice([f"set on a plain {c} canvas", f"over a {c} field"])
+    a = _w(BG_WORDS, bg[1], mode, rng)
+    b = _w(BG_WORDS, bg[2], mode, rng)
+    if mode == "train":
+        return rng.choice([f"on a {a} to {b} gradient", f"with a gradient from {a} to {b}",
+                           f"on a {a} and {b} gradient background"])
+    return rng.choice([f"over a background fading from {a} into {b}", f"on a {a}-{b} blend"])
+
+
+def caption(spec: dict, bg, mode: str, rng: random.Random, with_bg: bool) -> str:
+    """Free-English caption for a spec. mode: 'train' or 'para'."""
+    g = spec["groups"]
+    rels = spec["relations"]
+    if len(g) == 1 and g[0].get("position"):
+        o = _obj_phrase(g[0], mode, rng)
+        p = _w(POS_WORDS, g[0]["position"], mode, rng)
+        if mode == "train":
+            s = rng.choice([f"{o} {p}", f"{p}, {o}", f"there is {o} {p}", f"{p} there is {o}", f"an image of {o} {p}"])
+        else:
+            s = rng.choice([f"I see {o} {p}", f"{o} sits {p}", f"a drawing where {o} is placed {p}"])
+    elif rels:
+        i, rel, j = rels[0]
+        a = _obj_phrase(g[i], mode, rng)
+        b = _obj_phrase(g[j], mode, rng)
+        if rng.random() < 0.5:  # swap word order, invert relation
+            a, b, rel = b, a, INVERSE_REL[rel]
+        r = _w(REL_WORDS, rel, mode, rng)
+        if mode == "train":
+            s = rng.choice([f"{a} {r} {b}", f"{a} placed {r} {b}", f"there is {a} {r} {b}", f"a picture of {a} {r} {b}"])
+        else:
+            s = rng.choice([f"I see {a} sitting {r} {b}", f"{a} that is {r} {b}", f"a sketch in which {a} is {r} {b}"])
+    else:
+        parts = [_obj_phrase(x, mode, rng) for x in g]
+        rng.shuffle(parts)
+        if len(parts) == 1:
+            lst = parts[0]
+        elif mode == "train":
+            lst = rng.choice([", ".join(parts[:-1]) + " and " + parts[-1], " and ".join(parts)]) if len(parts) > 2 \
+                else rng.choice([f"{parts[0]} and {parts[1]}", f"{parts[0]} with {parts[1]}", f"{parts[0]}, {parts[1]}"])
+        else:
+            lst = ", ".join(parts[:-1]) + " as well as " + parts[-1]
+        if mode == "train":
+            s = rng.choice(["{}", "{}", "an image of {}", "there are {}" if sum(x["count"] for x in g) > 1 else "there is {}",
+                            "a picture showing {}", "{}"]).format(lst)
+        else:
+            s = rng.choice(["I see {}", "a drawing containing {}", "{} can be seen"]).format(lst)
+    if with_bg:
+        s = f"{s} {_bg_phrase(bg, mode, rng)}"
+    return s
+
+
+def _rand_bg(rng: random.Random):
+    names = list(BG_COLOURS)
+    if rng.random() < 0.6:
+        return ("plain", rng.choice(names))
+    a, b = rng.sample(names, 2)
+    return ("gradient", a, b, rng.choice(["h", "v"]))
+
+
+def sample_spec(rng: random.Random, category: str | None = None) -> dict:
+    """Sample a prompt spec of a category (random category if None)."""
+    cat = category or rng.choices(
+        ["single", "two", "colour", "position", "relation", "counting", "binding", "multi", "count_mix"],
+        weights=[1.0, 1.0, 0.6, 1.2, 1.6, 1.3, 1.2, 0.8, 0.8])[0]
+    colours = list(COLOURS)
+    size = lambda: rng.choice(SIZES) if rng.random() < 0.5 else None  # noqa: E731
+    G = lambda **kw: {"shape": rng.choice(SHAPES), "colour": rng.choice(colours), "size": size(),  # noqa: E731
+                      "count": 1, "position": None, **kw}
+    rels = []
+    if cat == "single" or cat == "colour":
+        groups = [G()]
+    elif cat == "position":
+        groups = [G(position=rng.choice(POSITIONS))]
+    elif cat == "two":
+        groups = [G(), G()]
+        while (groups[1]["shape"], groups[1]["colour"]) == (groups[0]["shape"], groups[0]["colour"]):
+            groups[1] = G()
+    elif cat == "relation":
+        a, b = G(), G()
+        while (b["shape"], b["colour"]) == (a["shape"], a["colour"]):
+            b = G()
+        groups = [a, b]
+        rels = [[1, rng.choice(RELATIONS), 0]]
+        cat = "position"
+    elif cat == "binding":
+        c1, c2 = rng.sample(colours, 2)
+        s1, s2 = rng.sample(SHAPES, 2)
+        groups = [G(shape=s1, colour=c1), G(shape=s2, colour=c2)]
+    elif cat == "counting":
+        n = rng.choice([2, 3, 4])
+        groups = [G(count=n, size=rng.choice([None, "small", "small"]))]
+    elif cat == "multi":
+        k = rng.choice([3, 4])
+        groups = []
+        while len(groups) < k:
+            g = G(size=None)
+            if all((g["shape"], g["colour"]) != (x["shape"], x["colour"]) for x in groups):
+                groups.append(g)
+        cat = "two"
+    elif cat == "count_mix":
+        n = rng.choice([2, 3])
+        a = G(count=n, size=None)
+        b = G(size=None)
+        while (b["shape"], b["colour"]) == (a["shape"], a["colour"]):
+            b = G(size=None)
+        groups = [a, b]
+        cat = "counting"
+    else:
+        raise ValueError(cat)
+    return {"category": cat, "groups": groups, "relations": rels, "exact": True, "background": None}
+
+
+def scene_from_spec(spec: dict, aspect: str, rng: random.Random, bg=None) -> Scene | None:
+    W, H = ASPECTS[aspect]
+    items, owners = [], []
+    for gi, g in enumerate(spec["groups"]):
+        for _ in range(g["count"]):
+            sz = g.get("size") or rng.choice(SIZES)
+            if g["count"] >= 3 and g.get("size") is None:
+                sz = "small"
+            items.append({"size": sz, "position": g.get("position"), "shape": g["shape"], "colour": g["colour"]})
+            owners.append(gi)
+    # groups' first item index
+    first = {}
+    for k, gi in enumerate(owners):
+        first.setdefault(gi, k)
+    relations = []
+    for (i, rel, j) in spec["relations"]:
+        relations.append((first[i], rel, first[j]))
+    # order so that relation targets come first
+    order = sorted(range(len(items)), key=lambda k: 1 if any(k == a for (a, _, _) in relations) else 0)
+    inv = {k: n for n, k in enumerate(order)}
+    items_o = [items[k] for k in order]
+    rel_o = [(inv[a], r, inv[b]) for (a, r, b) in relations]
+    rel_o = [(a, r, b) if b < a else (b, INVERSE_REL[r], a) for (a, r, b) in rel_o]
+    pos = place(items_o, rel_o, W, H, rng)
+    if pos is None:
+        return None
+    objs = [Obj(it["shape"], it["colour"], it["size"], x / W, y / H) for it, (x, y) in zip(items_o, pos)]
+    if bg is None:
+        bg = spec["background"] if spec.get("background") else _rand_bg(rng)
+        if bg[0] == "gradient" and len(bg) == 3:
+            bg = (*bg, rng.choice(["h", "v"]))
+    return Scene(aspect, tuple(bg), objs)
+
+
+def sample_t2i(rng: random.Random, split: str = "train", category: str | None = None,
+               aspect: str | None = None, mode: str | None = None):
+    """Sample (caption, spec, scene).
+
+    split: 'train' (combinations not held out), 'heldout' (held-out combos), 'any'.
+    mode: caption wording 'train' or 'para' (default: 'train').
+    """
+    mode = mode or "train"
+    for _ in range(1000):
+        spec = sample_spec(rng, category)
+        if split != "any":
+            if is_heldout(spec) != (split == "heldout"):
+                continue
+        asp = aspect or rng.choice(list(ASPECTS))
+        scene = scene_from_spec(spec, asp, rng)
+        if scene is None:
+            continue
+        with_bg = rng.random() < 0.4
+        if with_bg:
+            bg = scene.bg
+            spec = dict(spec, background=list(bg[:3]) if bg[0] == "gradient" else list(bg))
+        cap = caption(spec, scene.bg, mode, rng, with_bg)
+        return cap, spec, scene
+    raise RuntimeError("could not sample scene")
+
+
+# --------------------------------------------------------------------------
+# Edits
+# --------------------------------------------------------------------------
+EDIT_KINDS = ["recolour", "move", "add", "remove", "background"]
+
+
+def _describe(o: Obj, mode: str, rng: random.Random) -> str:
+    return f"the {_w(COLOUR_WORDS, o.colour, mode, rng)} {_w(SHAPE_WORDS, o.shape, mode, rng)}"
+
+
+def _unique(objs: list[Obj], o: Obj) -> bool:
+    return sum(1 for x in objs if (x.shape, x.colour) == (o.shape, o.colour)) == 1
+
+
+def _scene_spec(scene: Scene, category="edit") -> dict:
+    groups: dict = {}
+    for o in scene.objects:
+        k = (o.shape, o.colour)
+        groups.setdefault(k, 0)
+        groups[k] += 1
+    bg = scene.bg
+    return {"category": category,
+            "groups": [{"shape": s, "colour": c, "size": None, "count": n, "position": None}
+                       for (s, c), n in groups.items()],
+            "relations": [], "exact": True,
+            "background": list(bg[:3]) if bg[0] == "gradient" else list(bg)}
+
+
+def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None = None, mode: str = "train"):
+    """Return (instruction, source_scene, target_scene, target_spec)."""
+    for _ in range(1000):
+        kind_ = kind or rng.choices(EDIT_KINDS, weights=[1.2, 1.0, 1.0, 1.0, 0.8])[0]
+        asp = aspect or rng.choice(list(ASPECTS))
+        W, H = ASPECTS[asp]
+        n = rng.choice([1, 1, 2, 2, 3])
+        spec = sample_spec(rng, rng.choice(["single", "two", "binding", "multi"]) if n > 1 else "single")
+        src = scene_from_spec(spec, asp, rng)
+        if src is None:
+            continue
+        objs = src.objects
+        tgt_objs = [Obj(**asdict(o)) for o in objs]
+        bg = src.bg
+        spec_extra: dict = {}
+        if kind_ == "recolour":
+            k = rng.randrange(len(objs))
+            o = objs[k]
+            if not _unique(objs, o):
+                continue
+            new = rng.choice([c for c in COLOURS if c != o.colour])
+            tgt_objs[k].colour = new
+            if not _unique(tgt_objs, tgt_objs[k]):
+                continue
+            d = _describe(o, mode, rng)
+            c = _w(COLOUR_WORDS, new, mode, rng)
+            if mode == "train":
+                instr = rng.choice([f"make {d} {c}", f"change {d} to {c}", f"turn {d} {c}", f"recolor {d} {c}",
+                                    f"paint {d} {c}"])
+            else:
+                instr = rng.choice([f"give {d} a {c} colour", f"I want {d} to be {c}"])
+        elif kind_ == "move":
+            k = rng.randrange(len(objs))
+            o = objs[k]
+            if not _unique(objs, o):
+                continue
+            pos = rng.choice(POSITIONS)
+            r = object_radius_px(o.size, W, H)
+            others = [(p.cx * W, p.cy * H, object_radius_px(p.size, W, H)) for j, p in enumerate(objs) if j != k]
+            xlo, xhi, ylo, yhi = _clamp_region(_pos_region(pos, W, H, r), W, H, r)
+            ok = False
+            for _t in range(60):
+                x, y = rng.uniform(xlo, xhi), rng.uniform(ylo, yhi)
+                if _free(x, y, r, others, 0.06 * min(W, H) + 2) and math.hypot(x - o.cx * W, y - o.cy * H) > 1.6 * r:
+                    ok = True
+                    break
+            if not ok:
+                continue
+            tgt_objs[k].cx, tgt_objs[k].cy = x / W, y / H
+            d = _describe(o, mode, rng)
+            p = _w(POS_WORDS, pos, mode, rng)
+            p2 = {"left": "to the left", "right": "to the right", "top": "to the top", "bottom": "to the bottom",
+                  "center": "to the center"}[pos]
+            if mode == "train":
+                instr = rng.choice([f"move {d} {p2}", f"put {d} {p}", f"place {d} {p}", f"move {d} {p}"])
+            else:
+                instr = rng.choice([f"shift {d} so it is {p}", f"relocate {d} {p2}"])
+            spec_extra = {"moved": {"shape": o.shape, "colour": o.colour, "position": pos}}
+        elif kind_ == "add":
+            if len(objs) >= 4:
+                continue
+            shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+            if any((p.shape, p.colour) == (shape, colour) for p in objs):
+                continue
+            size = rng.choice(SIZES)
+            pos = rng.choice([None, None] + POSITIONS)
+            r = object_radius_px(size, W, H)
+            others = [(p.cx * W, p.cy * H, object_radius_px(p.size, W, H)) for p in objs]
+            xlo, xhi, ylo, yhi = _clamp_region(_pos_region(pos, W, H, r), W, H, r)
+            ok = False
+            for _t in range(80):
+                x, y = rng.uniform(xlo, xhi), rng.uniform(ylo, yhi)
+                if _free(x, y, r, others, 0.06 * min(W, H) + 2):
+                    ok = True
+                    break
+            if not ok:
+                continue
+            newo = Obj(shape, colour, size, x / W, y / H)
+            tgt_objs.append(newo)
+            g = {"shape": shape, "colour": colour, "size": size, "count": 1}
+            ph = _obj_phrase(g, mode, rng)
+            pp = (" " + _w(POS_WORDS, pos, mode, rng)) if pos else ""
+            if mode == "train":
+                instr = rng.choice([f"add {ph}{pp}", f"put {ph}{pp}", f"insert {ph}{pp}", f"draw {ph}{pp}"])
+            else:
+                instr = rng.choice([f"include {ph}{pp} as well", f"also show {ph}{pp}"])
+            if pos:
+                spec_extra = {"moved": {"shape": shape, "colour": colour, "position": pos}}
+        elif kind_ == "remove":
+            if len(objs) < 2 and rng.random() < 0.5:
+                continue
+            k = rng.randrange(len(objs))
+            o = objs[k]
+            if not _unique(objs, o):
+                continue
+            del tgt_objs[k]
+            d = _describe(o, mode, rng)
+            if mode == "train":
+                instr = rng.choice([f"remove {d}", f"delete {d}", f"take away {d}", f"erase {d}"])
+            else:
+                instr = rng.choice([f"get rid of {d}", f"make {d} disappear"])
+        else:  # background
+            newbg = _rand_bg(rng)
+            if newbg[:3] == bg[:3]:
+                continue
+            bg = newbg
+            if bg[0] == "plain":
+                c = _w(BG_WORDS, bg[1], mode, rng)
+                if mode == "train":
+                    instr = rng.choice([f"change the background to {c}", f"make the background {c}",
+                                        f"use a {c} background", f"set the background to {c}"])
+                else:
+                    instr = rng.choice([f"swap the backdrop for {c}", f"recolour the background {c}"])
+            else:
+                a = _w(BG_WORDS, bg[1], mode, rng)
+                b = _w(BG_WORDS, bg[2], mode, rng)
+                if mode == "train":
+                    instr = rng.choice([f"make the background a gradient from {a} to {b}",
+                                        f"change the background to a {a} to {b} gradient"])
+                else:
+                    instr = rng.choice([f"swap the backdrop for a {a}-{b} blend"])
+        tgt = Scene(asp, tuple(bg), tgt_objs)
+        tspec = _scene_spec(tgt)
+        tspec["edit"] = kind_
+        tspec.update(spec_extra)
+        return instr, src, tgt, tspec
+    raise RuntimeError("could not sample edit")
+
+
+def render_pair(src: Scene, tgt: Scene):
+    return render(src), render(tgt)
+
+
+def eval_sets(n_per_cat: int = 25, seed: int = 1234, n_edits_per_kind: int = 20):
+    """Deterministic evaluation sets.
+
+    Returns {"heldout": [(caption, spec, scene)], "paraphrase": [...], "edits": [(instr, src, tgt, spec)]}.
+    held-out: combinations never rendered in training, training wordings.
+    paraphrase: training-split combinations? no -- any combination, paraphrase-only wordings.
+    """
+    rng = random.Random(seed)
+    aspects = list(ASPECTS)
+    held, para = [], []
+    for ci, cat in enumerate(CATEGORIES):
+        for k in range(n_per_cat):
+            asp = aspects[(k + ci) % len(aspects)]
+            held.append(sample_t2i(rng, "heldout", cat if cat != "position" or k % 2 == 0 else "relation",
+                                   asp, "train"))
+            para.append(sample_t2i(rng, "any", cat if cat != "position" or k % 2 == 0 else "relation",
+                                   asp, "para"))
+    edits = []
+    for ki, kind in enumerate(EDIT_KINDS):
+        for k in range(n_edits_per_kind):
+            edits.append(sample_edit(rng, kind, aspects[(k + ki) % len(aspects)], "train"))
+    return {"heldout": held, "paraphrase": para, "edits": edits}
