@@ -8,8 +8,9 @@ The set (bench/data/moderation_prompts.tsv) gives the expected verdict of every 
 safety_tolerance 0, 2 and 6. Its split column: ``tune`` and ``holdout`` were fixed by a hash
 of the prompt before any tuning, and the lexicon, the exemplars and the thresholds were
 tuned looking only at the ``tune`` split's mistakes. The same person wrote the prompts and
-the lexicon, though, so ``fresh`` prompts were written after v1.0.0 was frozen and run once,
-untuned: they are the most honest estimate. "Positive" means "should be blocked".
+the lexicon, though, so ``fresh`` prompts were written after v1.0.0 was frozen (then used to
+make v1.1.0), and ``fresh2`` after v1.1.0 was frozen, run once, untuned: the most honest
+estimate, if a small one. "Positive" means "should be blocked".
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def benign_false_blocks(rows: list[dict], level: int) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--errors", choices=["tune", "holdout", "fresh", "all"], help="list mistakes of this split")
+    parser.add_argument("--errors", choices=["tune", "holdout", "fresh", "fresh2", "all"], help="list mistakes of this split")
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON here")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{sorted(latencies)[int(0.95 * len(latencies))] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms\n")
     print("| split | level | n | should block | precision | recall | false-block rate | FP | FN |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for split in ("tune", "holdout", "fresh", "all"):
+    for split in ("tune", "holdout", "fresh", "fresh2", "all"):
         subset = rows if split == "all" else [r for r in rows if r["split"] == split]
         for level in LEVELS:
             m = rates(subset, level)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {split} | {level} | {m['n']} | {m['positives']} | {m['precision']:.3f} | {m['recall']:.3f} "
                   f"| {m['false_block_rate']:.3f} | {m['fp']} | {m['fn']} |")
     print()
-    for split in ("tune", "holdout", "fresh", "all"):
+    for split in ("tune", "holdout", "fresh", "fresh2", "all"):
         subset = rows if split == "all" else [r for r in rows if r["split"] == split]
         blocked, total = benign_false_blocks(subset, 2)
         print(f"level 2, {split}: benign prompts blocked {blocked}/{total} = {blocked / total:.3f}")

@@ -108,7 +108,7 @@ def test_smoke_training_and_pipeline_load(tmp_path):
     assert (out / "model_index.json").exists()
     assert (tmp_path / "run" / "ckpt.pt").exists()
     enc = bp.load_text_encoder()
-    pipe = FluxPipeline.from_pretrained(str(out), text_encoder=enc, text_encoder_2=enc, torch_dtype=torch.float32)
+    pipe = FluxPipeline.from_pretrained(str(out), text_encoder=enc, text_encoder_2=enc, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     W, H = world.ASPECTS["16:9"]
     kw = dict(prompt="a red circle", height=H, width=W, num_inference_steps=2, max_sequence_length=bp.MAX_SEQ)
@@ -116,7 +116,7 @@ def test_smoke_training_and_pipeline_load(tmp_path):
     b = pipe(**kw, generator=torch.Generator().manual_seed(1)).images[0]
     assert a.size == (W, H)
     assert np.array_equal(np.asarray(a), np.asarray(b))
-    kp = FluxKontextPipeline.from_pretrained(str(out), text_encoder=enc, text_encoder_2=enc, torch_dtype=torch.float32)
+    kp = FluxKontextPipeline.from_pretrained(str(out), text_encoder=enc, text_encoder_2=enc, dtype=torch.float32)
     kp.set_progress_bar_config(disable=True)
     e = kp(image=a, prompt="make the circle blue", height=H, width=W, max_area=W * H, _auto_resize=False,
            num_inference_steps=2, max_sequence_length=bp.MAX_SEQ, generator=torch.Generator().manual_seed(1)).images[0]

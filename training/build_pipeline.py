@@ -58,7 +58,7 @@ def load_text_encoder():
     ``pooler_output`` is deterministic across loads)."""
     from transformers import BertModel
 
-    m = BertModel.from_pretrained(str(text_encoder_path()), torch_dtype=torch.float32)
+    m = BertModel.from_pretrained(str(text_encoder_path()), dtype=torch.float32)
     m.eval()
     m.requires_grad_(False)
     return m
@@ -130,6 +130,6 @@ def load_pipeline(path: str | os.PathLike, kontext: bool = False, text_encoder=N
 
     enc = text_encoder if text_encoder is not None else load_text_encoder()
     cls = FluxKontextPipeline if kontext else FluxPipeline
-    pipe = cls.from_pretrained(str(path), text_encoder=enc, text_encoder_2=enc, torch_dtype=dtype)
+    pipe = cls.from_pretrained(str(path), text_encoder=enc, text_encoder_2=enc, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -99,6 +99,53 @@ def train_vae(vae, steps: int, rng: random.Random, batch: int, log_every: int = 
     return vae
 
 
+def finetune_decoder(vae, steps: int, rng: random.Random, batch: int = 4, lr: float = 5e-4, log_every: int = 25,
+                     threads: int | None = None):
+    """Stage 3: fine-tune only the VAE decoder (encoder, latent space and latent
+    scaling stay fixed, so the transformer is unaffected) on full native-size
+    renders: sharper edges and higher PSNR on untouched regions of edits."""
+    if threads:
+        torch.set_num_threads(threads)
+    vae.eval()
+    dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    for p in dec_params:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    opt = torch.optim.AdamW(dec_params, lr=lr, weight_decay=0.0)
+    aspects = list(world.ASPECTS)
+    t0 = time.time()
+    for step in range(steps):
+        asp = rng.choice(aspects)
+        imgs = []
+        for _ in range(batch):
+            if rng.random() < 0.3:
+                _, src, tgt, _ = world.sample_edit(rng, aspect=asp)
+                sc = rng.choice([src, tgt])
+            else:
+                sc = world.sample_t2i(rng, "any", aspect=asp)[2]
+            imgs.append(to_tensor(world.render(sc)))
+        x = torch.stack(imgs)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        y = vae.decode(z).sample
+        loss = (y - x).abs().mean() + 2.0 * F.mse_loss(y, x)
+        cur = lr * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
+        for g in opt.param_groups:
+            g["lr"] = cur
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec_params, 1.0)
+        opt.step()
+        if step % log_every == 0 or step == steps - 1:
+            psnr = -10 * math.log10(F.mse_loss(y.detach().clamp(-1, 1), x).item() / 4 + 1e-12)
+            log(f"decoder step {step}/{steps} loss {loss.item():.4f} psnr {psnr:.2f} "
+                f"({(step + 1) * batch / (time.time() - t0):.1f} img/s)")
+    vae.eval().requires_grad_(False)
+    return vae
+
+
 # ---------------------------------------------------------------------------
 # Data pool
 # ---------------------------------------------------------------------------
@@ -225,6 +272,7 @@ def main(argv=None):
     ap.add_argument("--hours", type=float, default=1.75, help="total wall-clock budget incl. VAE")
     ap.add_argument("--vae-steps", type=int, default=500)
     ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--dec-steps", type=int, default=250, help="stage 3: decoder-only fine-tune steps")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--edit-frac", type=float, default=0.3)
@@ -240,7 +288,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     if args.smoke:
-        args.vae_steps, args.vae_batch, args.batch = 3, 2, 4
+        args.vae_steps, args.vae_batch, args.batch, args.dec_steps = 3, 2, 4, 1
         args.refresh_n, args.refresh_every = 24, 3
         args.hours = 0.0
         args.max_steps = 6
@@ -370,6 +418,8 @@ def main(argv=None):
         if time.time() - last_ckpt > args.ckpt_min * 60:
             save_ckpt()
             last_ckpt = time.time()
+    if args.dec_steps > 0:
+        finetune_decoder(vae, args.dec_steps, random.Random(args.seed + 17), batch=2 if args.smoke else 4)
     save_ckpt(final=True)
     (run / "DONE").write_text(json.dumps({"step": step, "elapsed_min": elapsed() / 60}))
     log("done")

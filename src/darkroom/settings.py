@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     worker_models: list[str] | None = Field(None, description="Models this worker serves; default all available.")
     device: str | None = Field(None, description="torch device for engines; default cuda if present, else cpu.")
 
+    # Moderation and prompt upsampling
+    image_moderation: str = Field("auto", description="Image checker: nudenet, fallback, or auto (nudenet if installed).")
+    upsampler_url: str | None = Field(None, description="OpenAI-compatible chat endpoint for prompt upsampling.")
+    upsampler_model: str | None = Field(None, description="Model name sent to the chat endpoint.")
+    upsampler_key: str | None = Field(None, description="Bearer key for the chat endpoint.")
+    upsampler_timeout_s: float = Field(20.0, gt=0, description="After this, upsampling falls back to offline.")
+
     log_level: str = "INFO"
 
     def resolved_database_url(self) -> str:

@@ -14,6 +14,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from darkroom.domain import Status
+from darkroom.errors import NotFound
 from darkroom.settings import Settings
 from darkroom.store import Store, database
 from darkroom.store.tables import metadata
@@ -56,8 +57,9 @@ def test_status_check_lists_exactly_the_statuses(store: Store, key_id: str) -> N
 
 
 def test_foreign_key_enforced(store: Store) -> None:
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(NotFound) as raised:
         store.insert_request("no-such-key", "m", {})
+    assert isinstance(raised.value.__cause__, sa.exc.IntegrityError)  # the database refused it
 
 
 def test_concurrent_migrate_from_processes(db_url: str) -> None:

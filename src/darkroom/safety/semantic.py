@@ -6,7 +6,9 @@ exemplars and the benign anchors of ``data/exemplars.toml``. A clause counts for
 category only when its nearest unsafe exemplar is nearer than every benign anchor;
 its grade is the exemplar's, scaled by how strong the match is (see :func:`match_grade`).
 Only each clause's nearest exemplar counts: categories compete, so adult sexual content
-is not graded as ``sexual_minors`` for being near-ish to its descriptions.
+is not graded as ``sexual_minors`` for being near-ish to its descriptions; and a
+``sexual_minors`` exemplar counts only on a strong match (>= HIGH), since the semantic
+check is no judge of age (minors with sexual words are the lexicon's combo).
 """
 
 from __future__ import annotations
@@ -112,7 +114,13 @@ class SemanticScorer:
         parts, unsafe, benign = self.similarities(text)
         benign_best = benign.max(axis=1)
         for row, part in enumerate(parts):
-            col = int(unsafe[row].argmax())
+            col = next(
+                (int(c) for c in unsafe[row].argsort()[::-1]
+                 if self._categories[c] != "sexual_minors" or unsafe[row, c] >= HIGH),
+                None,
+            )
+            if col is None:
+                continue
             sim = float(unsafe[row, col])
             if sim >= LOW and sim > float(benign_best[row]):
                 category = self._categories[col]

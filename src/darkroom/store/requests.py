@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from darkroom.domain import Page, Request, Status
+from darkroom.errors import NotFound
 from darkroom.store.rows import to_request
 from darkroom.store.tables import requests
 
@@ -21,25 +22,28 @@ def insert_request(
 ) -> Request:
     """Store a new request, status queued, and return it.
 
-    Raises sqlalchemy.exc.IntegrityError if ``key_id`` is no key (the foreign key).
+    Raises NotFound if ``key_id`` is no key (the foreign key refused it).
     """
     now = time.time() if now is None else now
-    row = conn.execute(
-        requests.insert()
-        .values(
-            id=str(uuid.uuid4()),
-            key_id=key_id,
-            model=model,
-            payload=payload,
-            status=Status.QUEUED.value,
-            created_at=now,
-            updated_at=now,
-            queued_at=now,
-            attempts=0,
-            cancel_requested=False,
-        )
-        .returning(*requests.c)
-    ).one()
+    try:
+        row = conn.execute(
+            requests.insert()
+            .values(
+                id=str(uuid.uuid4()),
+                key_id=key_id,
+                model=model,
+                payload=payload,
+                status=Status.QUEUED.value,
+                created_at=now,
+                updated_at=now,
+                queued_at=now,
+                attempts=0,
+                cancel_requested=False,
+            )
+            .returning(*requests.c)
+        ).one()
+    except sa.exc.IntegrityError as exc:
+        raise NotFound(f"no API key {key_id!r}") from exc
     return to_request(row)
 
 

@@ -96,7 +96,7 @@ class Store:
     # -- requests ---------------------------------------------------------------------
 
     def insert_request(self, key_id: str, model: str, payload: dict[str, Any], now: float | None = None) -> Request:
-        """Queue a new request and return it (status queued)."""
+        """Queue a new request and return it (status queued). Raises NotFound for an unknown key."""
         with self._write() as conn:
             return requests_.insert_request(conn, key_id, model, payload, _now(now))
 

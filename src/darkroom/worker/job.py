@@ -99,7 +99,8 @@ class JobRunner:
             now = time.monotonic()
             if step == total or now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
-                state = self.store.report_progress(request_id, self.worker_id, step, total)
+                state = self.store.report_progress(request_id, self.worker_id, step, total,
+                                                  lease_s=self.settings.lease_s)
                 lease.observe(state.owned, state.cancel_requested)
             return not (lease.cancelled.is_set() or lease.lost.is_set())
 

@@ -126,8 +126,9 @@ def build_worker(settings: Settings) -> Worker:
         store,
         load_registry(settings.resolved_models_file()),
         LocalBlobStore(settings.data_dir / "blobs"),
-        moderator=Moderator.from_settings(settings),
-        upsampler=PromptUpsampler.from_settings(settings),
+        moderator=Moderator(image_detector=settings.image_moderation),
+        upsampler=PromptUpsampler(chat_url=settings.upsampler_url, chat_model=settings.upsampler_model,
+                                  chat_key=settings.upsampler_key, timeout_s=settings.upsampler_timeout_s),
     )
 
 
