@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 
@@ -43,6 +43,9 @@ class ApiKey:
     prefix: str  # the first characters of the secret, to tell keys apart in listings
     created_at: float
     revoked_at: float | None = None
+    rate_per_minute: int | None = None  # operator-set; None: the server default
+    max_in_flight: int | None = None  # queued + processing at once; None: the server default
+    allow_high_priority: bool = False
 
     @property
     def active(self) -> bool:
@@ -71,7 +74,34 @@ class Request:
     cancel_requested: bool = False
     outcome: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    seq: int = 0  # insertion order; the queue is FIFO on it
+    seq: int = 0  # insertion order; the queue is FIFO on it within a priority and key turn
+    priority: int = 1  # Priority values: 0 high, 1 normal, 2 low
+    idempotency_key: str | None = None
+    dialect: str = "requestqueue"  # the API dialect that submitted it: shapes its webhook body
+    base_url: str | None = None  # the URL the client reached us on, for links in webhooks
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    preview_step: int | None = None  # denoising step of the latest preview image
+
+
+class Priority(IntEnum):
+    """Queue priority; lower values are served first."""
+
+    HIGH = 0  # only keys the operator allows
+    NORMAL = 1  # the default
+    LOW = 2  # batch work that may wait
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How a request is queued, beside its payload. Every dialect fills this in."""
+
+    priority: Priority = Priority.NORMAL
+    idempotency_key: str | None = None
+    dialect: str = "requestqueue"
+    base_url: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the SDK mirrors it (``darkroom.client``).
      │    └── RequestNotFound             request_not_found
      ├── Conflict                    409 invalid_state
      ├── PayloadTooLarge             413 payload_too_large
+     ├── RateLimited                 429 rate_limited (Retry-After)
      ├── InvalidField                422 invalid_field (names the field)
      ├── ModelUnavailable            503 model_unavailable
      └── EngineError                 (worker side: a request that fails with a code)
@@ -68,6 +69,17 @@ class Conflict(DarkroomError):
 class PayloadTooLarge(DarkroomError):
     status_code = 413
     code = "payload_too_large"
+
+
+class RateLimited(DarkroomError):
+    """Over a per-key limit; ``retry_after`` seconds until it is worth trying again."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(retry_after))
 
 
 class InvalidField(DarkroomError):

@@ -57,7 +57,7 @@ def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tupl
     key = next((k for k in service.store.list_keys() if k.name == LOCAL_KEY_NAME and k.active), None)
     if key is None:
         key, _ = service.store.create_key(LOCAL_KEY_NAME)
-    request = service.submit(key, model or service.registry.default or service.registry.ids()[0], payload)
+    request = service.submit(key, model or service.registry.default or service.registry.ids()[0], payload).request
     worker = build_worker(settings)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)

@@ -6,25 +6,41 @@ parameters), keeps input images out of the database, and never talks HTTP.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from darkroom.domain import ApiKey, Page, Request, Status
+from darkroom.domain import ApiKey, Page, Priority, Request, Status, SubmitOptions
 from darkroom.engines.params import INPUT_IMAGE_FIELDS, decode_base64_image, validate_payload
 from darkroom.engines.registry import Registry, load_registry
-from darkroom.errors import InvalidField, NotFound, RequestNotFound, Unauthorized
+from darkroom.errors import Forbidden, InvalidField, NotFound, RequestNotFound, Unauthorized
 from darkroom.imaging import CONTENT_TYPES, decode_image
 from darkroom.settings import Settings
 from darkroom.signing import UrlSigner
 from darkroom.storage import BlobStore, LocalBlobStore
-from darkroom.store import Store
+from darkroom.store import Limits, Store, Submitted
 
 log = logging.getLogger(__name__)
 
 BLOB_PREFIX = "darkroom-blob:"
 MAX_PAGE = 100
+
+
+def parse_priority(value: Any, field: str = "priority") -> Priority:
+    """``high``, ``normal`` or ``low`` (case-insensitive); raises InvalidField."""
+    if isinstance(value, str) and value.strip().upper() in Priority.__members__:
+        return Priority[value.strip().upper()]
+    raise InvalidField(field, "must be one of high, normal, low")
+
+
+def _fingerprint(model: str, payload: Any, options: SubmitOptions) -> str:
+    """What an idempotency key is bound to: the model, payload and request-level options."""
+    body = {"model": model, "payload": payload, "priority": int(options.priority),
+            "webhook_url": options.webhook_url, "webhook_secret": options.webhook_secret}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def result_key(request_id: str, index: int, output_format: str) -> str:
@@ -71,16 +87,63 @@ class Service:
 
     # -- requests -----------------------------------------------------------------------
 
-    def submit(self, key: ApiKey, model: Any, payload: Any) -> Request:
-        """Validate and enqueue. Raises InvalidField / ModelNotFound and stores nothing then."""
+    def submit(self, key: ApiKey, model: Any, payload: Any, options: SubmitOptions | None = None) -> Submitted:
+        """Validate and enqueue. Stores nothing when it raises.
+
+        ``payload`` may carry the request-level fields ``priority``, ``webhook_url`` and
+        ``webhook_secret`` (as the BFL dialect sends them); they are taken out before the
+        payload is validated and override ``options``. Raises InvalidField, ModelNotFound,
+        Forbidden (``high`` priority without the grant), Conflict (idempotency key reused
+        with another body), RateLimited.
+        """
+        options = options or SubmitOptions()
         if not isinstance(model, str) or not model:
             raise InvalidField("model", "must be a model id string")
+        if isinstance(payload, dict):
+            payload, options = self._take_envelope(payload, options)
         spec = self.registry.get(model)
         clean = validate_payload(list(spec.parameters), payload, max_image_bytes=self.settings.max_image_bytes)
+        if options.priority == Priority.HIGH and not key.allow_high_priority:
+            raise Forbidden("this key may not use priority 'high' (the operator grants it per key)",
+                            code="priority_not_allowed", field="priority")
+        if options.webhook_url:
+            self.check_outbound_url(options.webhook_url, "webhook_url")
+        request_hash = _fingerprint(spec.id, payload, options)
+        limits = Limits(
+            rate_per_minute=key.rate_per_minute or self.settings.default_rate_per_minute,
+            max_in_flight=key.max_in_flight or self.settings.default_max_in_flight,
+        )
+        if options.idempotency_key:
+            # A replay must not re-upload images or count against limits: look first.
+            replay = self.store.submit_request(key.id, spec.id, {}, options=options, request_hash=request_hash,
+                                               limits=None, only_existing=True)
+            if replay is not None:
+                return replay
         clean = self._stash_input_images(clean)
-        request = self.store.insert_request(key.id, spec.id, clean)
-        log.info("request %s queued for %s by key %s", request.id, spec.id, key.name)
-        return request
+        submitted = self.store.submit_request(key.id, spec.id, clean, options=options, request_hash=request_hash,
+                                              limits=limits)
+        if submitted.created:
+            log.info("request %s queued for %s by key %s", submitted.request.id, spec.id, key.name)
+        return submitted
+
+    def check_outbound_url(self, url: str, field: str) -> None:
+        """Refuse URLs darkroom must not call (SSRF guard); raises InvalidField."""
+        if not url.startswith(("http://", "https://")):
+            raise InvalidField(field, "must be an http(s) URL")
+
+    @staticmethod
+    def _take_envelope(payload: dict[str, Any], options: SubmitOptions) -> tuple[dict[str, Any], SubmitOptions]:
+        payload = dict(payload)
+        changes: dict[str, Any] = {}
+        if "priority" in payload:
+            changes["priority"] = parse_priority(payload.pop("priority"), "payload.priority")
+        for name in ("webhook_url", "webhook_secret"):
+            if name in payload:
+                value = payload.pop(name)
+                if value is not None and not isinstance(value, str):
+                    raise InvalidField(f"payload.{name}", "must be a string")
+                changes[name] = value
+        return payload, replace(options, **changes) if changes else options
 
     def _stash_input_images(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Move base64 input images to blob storage; the row keeps a reference.

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted input image.")
 
+    # Per-key limits (a key's own setting, `darkroom keys update`, wins; None: unlimited)
+    default_rate_per_minute: int | None = Field(None, ge=1, description="Requests a key may submit per minute.")
+    default_max_in_flight: int | None = Field(None, ge=1, description="Requests a key may have queued or running.")
+
     # Worker
     lease_s: float = Field(30.0, gt=0, description="A claimed request is requeued if its lease lapses this long.")
     max_attempts: int = Field(3, ge=1, description="Claims of one request before it fails with worker_lost.")

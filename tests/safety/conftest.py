@@ -19,3 +19,14 @@ def moderator(encoder: SentenceEncoder) -> Moderator:
     mod = Moderator(image_detector="auto", encoder=encoder)
     mod.warm_up()
     return mod
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Two OpenMP threads thrash on a shared, busy 2-core box; one is as fast for short texts."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -45,11 +45,18 @@ def test_sexual_content_with_minors_is_blocked_at_every_level(moderator, prompt)
         assert "sexual_minors" in verdict.blocked_categories
 
 
-def test_semantic_check_catches_a_paraphrase_the_lexicon_misses(moderator):
-    prompt = "a man wearing nothing at all posing in front of a mirror"
-    assert moderator.lexicon.match(prompt).scores["sexual"] < 0.55  # no explicit term in it
+@pytest.mark.parametrize(
+    ("prompt", "category"),
+    [
+        ("a woman with not a single piece of fabric on her body", "sexual"),
+        ("a person ending their own life", "self_harm"),
+        ("the insides of a body spilled across the floor", "violence"),
+    ],
+)
+def test_semantic_check_catches_paraphrases_the_lexicon_misses(moderator, prompt, category):
+    assert max(moderator.lexicon.match(prompt).scores.values()) == 0  # no listed term in it
     verdict = moderator.check_text(prompt, 2)
-    assert not verdict.allowed
+    assert verdict.blocked_categories == (category,)
     assert "semantic" in verdict.reasons[0]
 
 
@@ -79,7 +86,7 @@ def test_long_prompt_is_scored_by_clause(moderator):
     assert not verdict.allowed
 
 
-def test_text_check_is_fast_after_warm_up(moderator):
+def test_text_check_is_fast_after_warm_up(moderator, one_torch_thread):
     prompt = "a photographer shooting a portrait of a woman in a studio with soft light"
     moderator.check_text(prompt, 2)
     timings = []
@@ -87,5 +94,6 @@ def test_text_check_is_fast_after_warm_up(moderator):
         started = time.perf_counter()
         moderator.check_text(prompt, 2)
         timings.append(time.perf_counter() - started)
-    # The target is well under 100 ms on an idle 2-core CPU; the bound is loose for busy CI.
-    assert min(timings) < 0.5
+    # Target: well under 100 ms on the worker's 2-core CPU (about 30 ms measured single-threaded);
+    # the bound is loose because CI machines may be shared.
+    assert min(timings) < 0.25

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from darkroom.domain import ApiKey
-from darkroom.service import Service
+from darkroom.domain import ApiKey, Priority, SubmitOptions
+from darkroom.errors import InvalidField
+from darkroom.service import Service, parse_priority
 
 bearer = HTTPBearer(auto_error=False, description="darkroom API key (`darkroom keys create`).")
 
@@ -26,3 +27,20 @@ def bearer_key(
     service: Service = Depends(get_service),
 ) -> ApiKey:
     return service.authenticate(credentials.credentials if credentials else None)
+
+
+def submit_options(
+    request: Request,
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", max_length=255,
+        description="Same key and body within 24 h returns the original request; another body answers 409."),
+    priority: str | None = Header(None, alias="X-Priority", description="high, normal (default) or low."),
+) -> SubmitOptions:
+    """Request-level options every dialect reads from headers; dialect routers add the rest."""
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise InvalidField("Idempotency-Key", "must not be empty")
+    return SubmitOptions(
+        priority=parse_priority(priority, "X-Priority") if priority else Priority.NORMAL,
+        idempotency_key=idempotency_key.strip() if idempotency_key else None,
+        base_url=base_url(request),
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, Query
+from dataclasses import replace
+
+from fastapi import APIRouter, Body, Depends, Query, Response
 
 from darkroom.api import render
-from darkroom.api.deps import base_url, bearer_key, get_service
+from darkroom.api.deps import base_url, bearer_key, get_service, submit_options
 from darkroom.api.schemas import (
     ModelList,
     ModelRecord,
@@ -16,8 +18,8 @@ from darkroom.api.schemas import (
     SubmitResponse,
     error_responses,
 )
-from darkroom.domain import ApiKey
-from darkroom.service import Service
+from darkroom.domain import ApiKey, SubmitOptions
+from darkroom.service import Service, parse_priority
 
 PREFIXES = ("/api/v1/ie/requestqueue/apikey", "/api/v1/ie/requestqueue")
 
@@ -26,15 +28,21 @@ PREFIXES = ("/api/v1/ie/requestqueue/apikey", "/api/v1/ie/requestqueue")
 router = APIRouter(tags=["request queue"])
 
 
-@router.post("/requests", response_model=SubmitResponse, responses=error_responses(401, 404, 413, 422),
-             summary="Submit a generation request")
+@router.post("/requests", response_model=SubmitResponse,
+             responses=error_responses(401, 403, 404, 409, 413, 422, 429), summary="Submit a generation request")
 def submit_request(
+    response: Response,
     body: SubmitBody = Body(...),
+    options: SubmitOptions = Depends(submit_options),
     key: ApiKey = Depends(bearer_key),
     service: Service = Depends(get_service),
 ) -> dict:
-    request = service.submit(key, body.model, body.payload)
-    return render.submit_object(request)
+    options = replace(options, webhook_url=body.webhook_url, webhook_secret=body.webhook_secret,
+                      priority=parse_priority(body.priority) if body.priority else options.priority)
+    submitted = service.submit(key, body.model, body.payload, options)
+    if not submitted.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return render.submit_object(submitted.request)
 
 
 @router.get("/requests/{request_id}", response_model=StatusObject, responses=error_responses(401, 404),

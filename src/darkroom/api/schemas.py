@@ -24,6 +24,11 @@ class SubmitBody(BaseModel):
 
     model: str = Field(description="Model id (or alias), e.g. darkroom-mini.")
     payload: dict[str, Any] = Field(description="Generation parameters; see the model's `parameters`.")
+    webhook_url: str | None = Field(None, max_length=2048,
+                                    description="Called with the status object when the request ends.")
+    webhook_secret: str | None = Field(None, max_length=512, description="Signs webhook deliveries (HMAC-SHA256).")
+    priority: Literal["high", "normal", "low"] | None = Field(
+        None, description="Queue priority (also the X-Priority header); high needs the operator's grant.")
 
 
 class SubmitResponse(BaseModel):
@@ -121,10 +126,15 @@ class ModelList(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or invalid API key (unauthorized)."},
+    403: {"model": ErrorResponse, "description": "Not allowed for this key (priority_not_allowed)."},
     404: {"model": ErrorResponse, "description": "Unknown model or request (model_not_found, request_not_found)."},
-    409: {"model": ErrorResponse, "description": "Illegal state change (invalid_state)."},
+    409: {"model": ErrorResponse,
+          "description": "Illegal state change (invalid_state), or an Idempotency-Key reused with another body "
+                         "(idempotency_conflict)."},
     413: {"model": ErrorResponse, "description": "Body or image too large (payload_too_large)."},
     422: {"model": ErrorResponse, "description": "Invalid field (invalid_field, invalid_input_image)."},
+    429: {"model": ErrorResponse, "description": "Over a per-key limit (rate_limited); see Retry-After.",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}},
 }
 
 

@@ -111,5 +111,4 @@ class Moderator:
         check_tolerance(tolerance)
         graded = self.image.grade(image)
         notes = [FALLBACK_NOTE] if self.image.mode == "fallback" else []
-        verdict = decide(graded.scores, tolerance, mode=self.image.mode, evidence=graded.evidence, notes=notes)
-        return verdict
+        return decide(graded.scores, tolerance, mode=self.image.mode, evidence=graded.evidence, notes=notes)

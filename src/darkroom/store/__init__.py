@@ -5,6 +5,6 @@ inside this package.
 """
 
 from darkroom.store.lifecycle import LeaseState
-from darkroom.store.store import Store
+from darkroom.store.store import IDEMPOTENCY_TTL_S, Limits, Store, Submitted
 
-__all__ = ["LeaseState", "Store"]
+__all__ = ["IDEMPOTENCY_TTL_S", "LeaseState", "Limits", "Store", "Submitted"]

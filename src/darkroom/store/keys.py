@@ -12,6 +12,7 @@ import hmac
 import secrets
 import time
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -96,3 +97,33 @@ def revoke_key(conn: sa.Connection, id_or_name: str, now: float | None = None) -
     if row is None:
         raise NotFound(f"no API key {id_or_name!r}")
     return to_api_key(row)
+
+
+_UNSET: Any = object()
+
+
+def update_key(
+    conn: sa.Connection,
+    id_or_name: str,
+    *,
+    rate_per_minute: int | None = _UNSET,
+    max_in_flight: int | None = _UNSET,
+    allow_high_priority: bool = _UNSET,
+) -> ApiKey:
+    """Set an active key's limits and priority grant; arguments left out stay as they are.
+
+    ``None`` for a limit means the server default. Raises NotFound.
+    """
+    values = {name: value for name, value in (("rate_per_minute", rate_per_minute),
+                                              ("max_in_flight", max_in_flight),
+                                              ("allow_high_priority", allow_high_priority)) if value is not _UNSET}
+    for name in ("rate_per_minute", "max_in_flight"):
+        if values.get(name) is not None and values[name] < 1:
+            raise InvalidField(name, "must be at least 1 (or unset for the server default)")
+    for match in (api_keys.c.id == id_or_name, api_keys.c.name == id_or_name):
+        query = sa.update(api_keys).where(match, api_keys.c.revoked_at.is_(None))
+        row = conn.execute((query.values(**values) if values else query.values(id=api_keys.c.id))
+                           .returning(*api_keys.c)).first()
+        if row is not None:
+            return to_api_key(row)
+    raise NotFound(f"no active API key {id_or_name!r}")

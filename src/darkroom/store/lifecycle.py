@@ -22,7 +22,7 @@ from darkroom.domain import TRANSITIONS, Request, Status
 from darkroom.errors import Conflict, RequestNotFound
 from darkroom.store.requests import get_request
 from darkroom.store.rows import to_request
-from darkroom.store.tables import requests
+from darkroom.store.tables import api_keys, requests
 
 WORKER_LOST = "worker_lost"
 CANCELLED = "cancelled"
@@ -91,30 +91,34 @@ def _transition(
 def _next_queued(models: list[str]) -> sa.ScalarSelect[Any]:
     """The id of the request the next claim takes, as a subquery of the claiming UPDATE.
 
-    This ORDER BY is the queue's whole scheduling policy: FIFO by ``seq`` among the
-    models this worker serves (``ix_requests_claim`` covers it). Priority and per-key
-    round-robin fairness go here, and only here, e.g. ``ORDER BY priority DESC,
-    <the request's rank among its key's queued requests>, seq`` (a window function or a
-    denormalized per-key counter); ``requests.queue_position`` must then follow suit.
+    This ORDER BY is the queue's whole scheduling policy, and ``requests.queue_position``
+    mirrors it:
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` makes concurrent claimers step over a row
-    another claimer has locked, instead of queueing behind it and then finding it taken.
-    (At READ COMMITTED it may, rarely, find nothing while rows are changing under it;
-    the worker simply polls again.) SQLite has no row locks and SQLAlchemy drops the
-    clause there: BEGIN IMMEDIATE makes the whole claim exclusive instead.
+    1. ``priority``: high (0) before normal (1) before low (2);
+    2. within a priority, round-robin over keys: the key whose last claim is oldest goes
+       first (``api_keys.last_claimed_at``, set by every claim), so one key with 1,000
+       queued requests cannot starve another key's single request;
+    3. ``seq``: FIFO within a key.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` (of the request rows only) makes concurrent
+    claimers step over a row another claimer has locked, instead of queueing behind it
+    and then finding it taken. (At READ COMMITTED it may, rarely, find nothing while rows
+    are changing under it; the worker simply polls again.) SQLite has no row locks and
+    SQLAlchemy drops the clause there: BEGIN IMMEDIATE makes the whole claim exclusive.
     """
     return (
         sa.select(requests.c.id)
+        .select_from(requests.join(api_keys, api_keys.c.id == requests.c.key_id))
         .where(requests.c.status == Status.QUEUED.value, requests.c.model.in_(models))
-        .order_by(requests.c.seq)
+        .order_by(requests.c.priority, sa.func.coalesce(api_keys.c.last_claimed_at, 0.0), requests.c.seq)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=requests)
         .scalar_subquery()
     )
 
 
 def claim_request(conn: sa.Connection, worker_id: str, models: list[str], lease_s: float, now: float) -> Request | None:
-    """Take the oldest queued request for one of ``models``: processing, leased to ``worker_id``
+    """Take the next queued request (see ``_next_queued``) for one of ``models``: processing, leased to ``worker_id``
     until ``now + lease_s``, attempts + 1. None if nothing is queued for these models.
 
     One statement on both backends: ``UPDATE ... WHERE id = (SELECT ... LIMIT 1 [FOR
@@ -123,7 +127,7 @@ def claim_request(conn: sa.Connection, worker_id: str, models: list[str], lease_
     """
     if not models:
         return None
-    return _transition(
+    claimed = _transition(
         conn,
         _next_queued(list(models)),
         Status.PROCESSING,
@@ -138,6 +142,10 @@ def claim_request(conn: sa.Connection, worker_id: str, models: list[str], lease_
             "progress_total": None,
         },
     )
+    if claimed is not None:
+        # The key's turn is used: round-robin moves on to the key served longest ago.
+        conn.execute(sa.update(api_keys).where(api_keys.c.id == claimed.key_id).values(last_claimed_at=now))
+    return claimed
 
 
 def _renew(

@@ -11,20 +11,27 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from darkroom.domain import Page, Request, Status
+from darkroom.domain import Page, Request, Status, SubmitOptions
 from darkroom.errors import NotFound
 from darkroom.store.rows import to_request
-from darkroom.store.tables import requests
+from darkroom.store.tables import api_keys, requests
 
 
 def insert_request(
-    conn: sa.Connection, key_id: str, model: str, payload: dict[str, Any], now: float | None = None
+    conn: sa.Connection,
+    key_id: str,
+    model: str,
+    payload: dict[str, Any],
+    now: float | None = None,
+    options: SubmitOptions | None = None,
+    request_hash: str | None = None,
 ) -> Request:
     """Store a new request, status queued, and return it.
 
     Raises NotFound if ``key_id`` is no key (the foreign key refused it).
     """
     now = time.time() if now is None else now
+    options = options or SubmitOptions()
     try:
         row = conn.execute(
             requests.insert()
@@ -39,6 +46,13 @@ def insert_request(
                 queued_at=now,
                 attempts=0,
                 cancel_requested=False,
+                priority=int(options.priority),
+                idempotency_key=options.idempotency_key,
+                request_hash=request_hash,
+                dialect=options.dialect,
+                base_url=options.base_url,
+                webhook_url=options.webhook_url,
+                webhook_secret=options.webhook_secret,
             )
             .returning(*requests.c)
         ).one()
@@ -85,20 +99,67 @@ def count_requests(conn: sa.Connection) -> int:
 def queue_position(conn: sa.Connection, request_id: str) -> int | None:
     """How many queued requests for the same model are ahead of this one (0 = next).
 
-    None if the request is unknown or not queued. Mirrors the claim order (seq), so it
-    must change with the claim if the claim ever orders otherwise.
+    None if the request is unknown or not queued. Mirrors the claim order of
+    ``lifecycle._next_queued``: every request of a higher priority; then, in this
+    priority, round-robin over keys: my key's own requests ahead of me (rank r), and from
+    every other key up to r requests, plus one more for keys whose turn comes before
+    mine (their last claim is older). Exact while no new requests arrive.
     """
     me = conn.execute(
-        sa.select(requests.c.seq, requests.c.model, requests.c.status).where(requests.c.id == request_id)
+        sa.select(requests.c.seq, requests.c.model, requests.c.status, requests.c.priority, requests.c.key_id)
+        .where(requests.c.id == request_id)
     ).first()
     if me is None or me.status != Status.QUEUED.value:
         return None
+    queued = [requests.c.status == Status.QUEUED.value, requests.c.model == me.model]
+    higher = conn.execute(
+        sa.select(sa.func.count()).select_from(requests).where(*queued, requests.c.priority < me.priority)
+    ).scalar_one()
+    rank = conn.execute(
+        sa.select(sa.func.count()).select_from(requests)
+        .where(*queued, requests.c.priority == me.priority, requests.c.key_id == me.key_id, requests.c.seq < me.seq)
+    ).scalar_one()
+    turn = sa.func.coalesce(api_keys.c.last_claimed_at, 0.0)
+    my_turn = conn.execute(sa.select(turn).where(api_keys.c.id == me.key_id)).scalar_one()
+    others = conn.execute(
+        sa.select(requests.c.key_id, sa.func.count().label("n"), turn.label("turn"))
+        .select_from(requests.join(api_keys, api_keys.c.id == requests.c.key_id))
+        .where(*queued, requests.c.priority == me.priority, requests.c.key_id != me.key_id)
+        .group_by(requests.c.key_id, api_keys.c.last_claimed_at)
+    ).all()
+    ahead = 0
+    for row in others:
+        # Keys tied on turn are ordered by their oldest request's seq; count them as ahead
+        # when their turn is strictly older, and as behind otherwise (exact for the usual case).
+        ahead += min(row.n, rank + (1 if row.turn < my_turn else 0))
+    return higher + rank + ahead
+
+
+def find_idempotent(conn: sa.Connection, key_id: str, idempotency_key: str) -> Any:
+    """The row that used this key's idempotency key, if any (any age)."""
     return conn.execute(
-        sa.select(sa.func.count())
-        .select_from(requests)
-        .where(
-            requests.c.status == Status.QUEUED.value,
-            requests.c.model == me.model,
-            requests.c.seq < me.seq,
+        sa.select(requests).where(requests.c.key_id == key_id, requests.c.idempotency_key == idempotency_key)
+    ).first()
+
+
+def release_idempotency_key(conn: sa.Connection, seq: int) -> None:
+    """Forget an expired idempotency key so that it can be used again."""
+    conn.execute(sa.update(requests).where(requests.c.seq == seq).values(idempotency_key=None))
+
+
+def count_in_flight(conn: sa.Connection, key_id: str) -> int:
+    return conn.execute(
+        sa.select(sa.func.count()).select_from(requests).where(
+            requests.c.key_id == key_id,
+            requests.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]),
         )
     ).scalar_one()
+
+
+def created_since(conn: sa.Connection, key_id: str, since: float) -> list[float]:
+    """Creation times of a key's requests after ``since``, oldest first."""
+    return list(conn.execute(
+        sa.select(requests.c.created_at)
+        .where(requests.c.key_id == key_id, requests.c.created_at > since)
+        .order_by(requests.c.created_at)
+    ).scalars())

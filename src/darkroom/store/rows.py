@@ -14,6 +14,9 @@ def to_api_key(row: Any) -> ApiKey:
         prefix=row.prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        rate_per_minute=row.rate_per_minute,
+        max_in_flight=row.max_in_flight,
+        allow_high_priority=bool(row.allow_high_priority),
     )
 
 
@@ -38,4 +41,11 @@ def to_request(row: Any) -> Request:
         outcome=row.outcome,
         error=row.error,
         seq=row.seq,
+        priority=row.priority,
+        idempotency_key=row.idempotency_key,
+        dialect=row.dialect,
+        base_url=row.base_url,
+        webhook_url=row.webhook_url,
+        webhook_secret=row.webhook_secret,
+        preview_step=row.preview_step,
     )

@@ -8,19 +8,41 @@ default to ``time.time()``.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from darkroom.domain import ApiKey, Page, Request, Status
+from darkroom.domain import ApiKey, Page, Request, Status, SubmitOptions
+from darkroom.errors import Conflict, RateLimited
 from darkroom.store import database, keys, lifecycle, workers
 from darkroom.store import requests as requests_
 from darkroom.store.lifecycle import LeaseState
+from darkroom.store.rows import to_request
 
 if TYPE_CHECKING:
     from darkroom.settings import Settings
+
+
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+IN_FLIGHT_RETRY_S = 5  # no way to know when a slot frees up; a short, honest guess
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-key submission limits in force (None: unlimited)."""
+
+    rate_per_minute: int | None = None
+    max_in_flight: int | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    request: Request
+    created: bool  # False: an idempotent replay of an earlier submit
 
 
 def _now(now: float | None) -> float:
@@ -93,7 +115,62 @@ class Store:
         with self._write() as conn:
             return keys.revoke_key(conn, id_or_name, _now(now))
 
+    def update_key(self, id_or_name: str, **changes: Any) -> ApiKey:
+        """Set limits (``rate_per_minute``, ``max_in_flight``; None = server default) and
+        ``allow_high_priority`` of an active key. Raises NotFound, InvalidField."""
+        with self._write() as conn:
+            return keys.update_key(conn, id_or_name, **changes)
+
     # -- requests ---------------------------------------------------------------------
+
+    def submit_request(
+        self,
+        key_id: str,
+        model: str,
+        payload: dict[str, Any],
+        *,
+        options: SubmitOptions,
+        request_hash: str | None = None,
+        limits: Limits | None = None,
+        only_existing: bool = False,
+        now: float | None = None,
+    ) -> Submitted | None:
+        """Queue a request with idempotency and per-key limits checked in the same transaction.
+
+        - The same idempotency key within ``IDEMPOTENCY_TTL_S`` returns the original request
+          (``created`` False) if ``request_hash`` matches, else raises Conflict
+          (``idempotency_conflict``). An older use of the key is forgotten.
+        - ``only_existing``: only look for such a replay; None if there is none.
+        - Over ``limits.max_in_flight`` (queued + processing) or ``limits.rate_per_minute``
+          (created in the last 60 s) raises RateLimited with a Retry-After estimate.
+        """
+        now = _now(now)
+        limits = limits or Limits()
+        with self._write() as conn:
+            if options.idempotency_key:
+                row = requests_.find_idempotent(conn, key_id, options.idempotency_key)
+                if row is not None and row.created_at > now - IDEMPOTENCY_TTL_S:
+                    if row.request_hash != request_hash:
+                        raise Conflict("Idempotency-Key was already used with a different request body",
+                                       code="idempotency_conflict", field="Idempotency-Key")
+                    return Submitted(to_request(row), created=False)
+                if row is not None and not only_existing:
+                    requests_.release_idempotency_key(conn, row.seq)
+            if only_existing:
+                return None
+            if limits.max_in_flight is not None and requests_.count_in_flight(conn, key_id) >= limits.max_in_flight:
+                raise RateLimited(f"this key already has {limits.max_in_flight} requests queued or processing",
+                                  retry_after=IN_FLIGHT_RETRY_S)
+            if limits.rate_per_minute is not None:
+                recent = requests_.created_since(conn, key_id, now - 60.0)
+                if len(recent) >= limits.rate_per_minute:
+                    # The request that must leave the 60 s window before one more fits.
+                    frees_at = recent[len(recent) - limits.rate_per_minute] + 60.0
+                    raise RateLimited(f"this key may submit {limits.rate_per_minute} requests per minute",
+                                      retry_after=math.ceil(frees_at - now))
+            request = requests_.insert_request(conn, key_id, model, payload, now, options=options,
+                                               request_hash=request_hash)
+            return Submitted(request, created=True)
 
     def insert_request(self, key_id: str, model: str, payload: dict[str, Any], now: float | None = None) -> Request:
         """Queue a new request and return it (status queued). Raises NotFound for an unknown key."""

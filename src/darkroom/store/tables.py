@@ -35,6 +35,12 @@ api_keys = sa.Table(
     sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("revoked_at", Timestamp, nullable=True),
+    # Fairness: the claim serves the key that was served longest ago first (round-robin).
+    sa.Column("last_claimed_at", Timestamp, nullable=True),
+    # Operator-set limits (NULL: the server-wide default applies).
+    sa.Column("rate_per_minute", sa.Integer(), nullable=True),
+    sa.Column("max_in_flight", sa.Integer(), nullable=True),
+    sa.Column("allow_high_priority", sa.Boolean(), nullable=False, server_default=sa.false()),
     # A name is unique among active keys only: a revoked key's name may be reused.
     sa.Index(
         "ix_api_keys_active_name",
@@ -69,10 +75,28 @@ requests = sa.Table(
     sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("outcome", sa.JSON(), nullable=True),
     sa.Column("error", sa.JSON(), nullable=True),
+    sa.Column("priority", sa.SmallInteger(), nullable=False, server_default="1"),  # 0 high, 1 normal, 2 low
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),  # what the idempotency key was used for
+    sa.Column("dialect", sa.String(32), nullable=False, server_default="requestqueue"),  # shapes webhooks
+    sa.Column("base_url", sa.Text(), nullable=True),  # where the client reached us: for links in webhooks
+    sa.Column("webhook_url", sa.Text(), nullable=True),
+    sa.Column("webhook_secret", sa.Text(), nullable=True),
+    sa.Column("preview_step", sa.Integer(), nullable=True),  # step of the latest preview image, if any
     sa.CheckConstraint(STATUS_CHECK, name="status"),
     sa.Index("ix_requests_claim", "status", "model", "seq"),
+    sa.Index("ix_requests_claim_priority", "status", "priority", "model", "seq"),
     sa.Index("ix_requests_listing", "key_id", "seq"),
     sa.Index("ix_requests_stalled", "status", "lease_expires_at"),
+    sa.Index(
+        "ix_requests_idempotency",
+        "key_id",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
+    sa.Index("ix_requests_key_created", "key_id", "created_at"),
     sqlite_autoincrement=True,  # never reuse a seq, even after the newest row is deleted
 )
 
@@ -83,4 +107,25 @@ workers = sa.Table(
     sa.Column("models", sa.JSON(), nullable=False),
     sa.Column("started_at", Timestamp, nullable=False),
     sa.Column("heartbeat_at", Timestamp, nullable=False),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),  # the stable webhook-id receivers de-duplicate on
+    sa.Column("request_id", sa.String(36), sa.ForeignKey("requests.id"), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),  # the terminal status that triggered it
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", Timestamp, nullable=False),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("last_status_code", sa.Integer(), nullable=True),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_expires_at", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("delivered_at", Timestamp, nullable=True),
+    sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+    sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_request_id", "request_id"),
 )

@@ -16,7 +16,7 @@ from darkroom.engines.base import Engine
 from darkroom.engines.registry import ModelSpec, Registry, load_registry
 from darkroom.errors import EngineError
 from darkroom.prompts import PromptUpsampler
-from darkroom.safety import Moderator
+from darkroom.safety import Moderator, SentenceEncoder
 from darkroom.settings import Settings
 from darkroom.storage import BlobStore, LocalBlobStore
 from darkroom.store import Store
@@ -108,6 +108,7 @@ class Worker:
         """Loop until ``stop`` is set; the request in hand is finished first."""
         self.store.register_worker(self.worker_id, self.models)
         log.info("worker %s serving %s", self.worker_id, ", ".join(self.models) or "nothing")
+        self.jobs.moderator.warm_up()  # load the classifiers now, not inside the first request
         try:
             while not stop.is_set():
                 if not self.run_once():
@@ -121,14 +122,16 @@ class Worker:
 def build_worker(settings: Settings) -> Worker:
     store = Store.from_settings(settings)
     store.migrate()
+    encoder = SentenceEncoder()  # one sentence encoder for moderation and upsampling
     return Worker(
         settings,
         store,
         load_registry(settings.resolved_models_file()),
         LocalBlobStore(settings.data_dir / "blobs"),
-        moderator=Moderator(image_detector=settings.image_moderation),
+        moderator=Moderator(image_detector=settings.image_moderation, encoder=encoder),
         upsampler=PromptUpsampler(chat_url=settings.upsampler_url, chat_model=settings.upsampler_model,
-                                  chat_key=settings.upsampler_key, timeout_s=settings.upsampler_timeout_s),
+                                  chat_key=settings.upsampler_key, timeout_s=settings.upsampler_timeout_s,
+                                  encoder=encoder),
     )
 
 
