@@ -20,7 +20,7 @@ MAX_SEQ = 32  # text tokens (T5 slot max_sequence_length and CLIP-slot tokenizer
 
 TRANSFORMER_CFG = dict(
     patch_size=1,
-    in_channels=32,  # latent_channels (8) * 2x2 packing
+    in_channels=48,  # latent_channels (12) * 2x2 packing
     num_layers=2,
     num_single_layers=4,
     attention_head_dim=32,
@@ -30,17 +30,7 @@ TRANSFORMER_CFG = dict(
     guidance_embeds=False,
     axes_dims_rope=(8, 12, 12),
 )
-VAE_CFG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=(32, 64, 64, 64),
-    layers_per_block=1,
-    latent_channels=8,
-    norm_num_groups=16,
-    sample_size=128,
-)
+from training.analytic_vae import VAE_CFG  # noqa: E402  (AutoencoderKL config, 12 latent channels, /8)
 SCHEDULER_CFG = dict(num_train_timesteps=1000, shift=2.0, use_dynamic_shifting=False)
 DEFAULT_STEPS = 8
 DEFAULT_TRUE_CFG = 3.0  # true CFG with negative_prompt=" " (see docs/darkroom-mini.md)
@@ -78,9 +68,10 @@ def make_transformer():
 
 
 def make_vae():
-    from diffusers import AutoencoderKL
+    """AutoencoderKL with the analytic encoder and the decoder initialisation (see analytic_vae.py)."""
+    from training.analytic_vae import build_analytic_vae
 
-    return AutoencoderKL(**VAE_CFG)
+    return build_analytic_vae()
 
 
 def make_scheduler(**over):

@@ -129,13 +129,51 @@ def generate(
                f"{time.time() - t0:.1f} s)")
 
 
+RatePerMinute = typer.Option(None, "--rpm", help="Requests per minute (0: the server default).")
+MaxInFlight = typer.Option(None, "--max-in-flight", help="Requests queued or running at once (0: the server default).")
+HighPriority = typer.Option(None, "--allow-high-priority/--no-high-priority", help="May submit priority 'high'.")
+
+
+def _limit_changes(rpm: Optional[int], max_in_flight: Optional[int], high: Optional[bool]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if rpm is not None:
+        changes["rate_per_minute"] = rpm or None
+    if max_in_flight is not None:
+        changes["max_in_flight"] = max_in_flight or None
+    if high is not None:
+        changes["allow_high_priority"] = high
+    return changes
+
+
+def _describe(k) -> str:
+    limits = [f"{k.rate_per_minute}/min" if k.rate_per_minute else "",
+              f"{k.max_in_flight} in flight" if k.max_in_flight else "",
+              "high priority" if k.allow_high_priority else ""]
+    return ", ".join(x for x in limits if x) or "defaults"
+
+
 @keys_app.command("create")
 def keys_create(name: str = typer.Option(..., "--name", help="A label for the key."),
-                data_dir: Optional[Path] = DataDir) -> None:
+                rpm: Optional[int] = RatePerMinute, max_in_flight: Optional[int] = MaxInFlight,
+                high: Optional[bool] = HighPriority, data_dir: Optional[Path] = DataDir) -> None:
     """Create a key. The secret is printed once, on the last line."""
-    key, secret = _store(_settings(data_dir)).create_key(name)
-    typer.echo(f"created key {key.name} (id {key.id}); store the secret now, it is not shown again:")
+    store = _store(_settings(data_dir))
+    key, secret = store.create_key(name)
+    changes = _limit_changes(rpm, max_in_flight, high)
+    if changes:
+        key = store.update_key(key.id, **changes)
+    typer.echo(f"created key {key.name} (id {key.id}, limits: {_describe(key)}); "
+               "store the secret now, it is not shown again:")
     typer.echo(secret)
+
+
+@keys_app.command("update")
+def keys_update(key: str = typer.Argument(..., help="Key id or name."), rpm: Optional[int] = RatePerMinute,
+                max_in_flight: Optional[int] = MaxInFlight, high: Optional[bool] = HighPriority,
+                data_dir: Optional[Path] = DataDir) -> None:
+    """Change a key's limits and priority grant."""
+    updated = _store(_settings(data_dir)).update_key(key, **_limit_changes(rpm, max_in_flight, high))
+    typer.echo(f"{updated.name} ({updated.id}): {_describe(updated)}")
 
 
 @keys_app.command("list")
@@ -143,7 +181,7 @@ def keys_list(data_dir: Optional[Path] = DataDir) -> None:
     """List keys (never their secrets)."""
     for k in _store(_settings(data_dir)).list_keys():
         state = "active" if k.active else f"revoked {time.strftime('%Y-%m-%d %H:%M', time.gmtime(k.revoked_at))}"
-        typer.echo(f"{k.id}  {k.name:<24} {k.prefix}…  {state}")
+        typer.echo(f"{k.id}  {k.name:<24} {k.prefix}…  {state:<24} {_describe(k)}")
 
 
 @keys_app.command("revoke")

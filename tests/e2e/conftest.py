@@ -25,11 +25,12 @@ class Api:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
-    def post(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}{BASE}{path}", json=json, headers=self.headers, timeout=30, **kw)
+    def post(self, path: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}{BASE}{path}", json=json, headers={**self.headers, **(headers or {})},
+                          timeout=30, **kw)
 
-    def get(self, path: str, **kw: Any) -> httpx.Response:
-        return httpx.get(f"{self.url}{BASE}{path}", headers=self.headers, timeout=30, **kw)
+    def get(self, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{BASE}{path}", headers={**self.headers, **(headers or {})}, timeout=30, **kw)
 
     def submit(self, model: str = "tiny", **payload: Any) -> dict:
         payload.setdefault("prompt", "a red circle")

@@ -5,8 +5,10 @@ Status changes live in ``lifecycle.py``.
 
 from __future__ import annotations
 
+import heapq
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 import sqlalchemy as sa
@@ -97,42 +99,45 @@ def count_requests(conn: sa.Connection) -> int:
 
 
 def queue_position(conn: sa.Connection, request_id: str) -> int | None:
-    """How many queued requests for the same model are ahead of this one (0 = next).
+    """How many queued requests for the same model will be claimed before this one (0 = next).
 
-    None if the request is unknown or not queued. Mirrors the claim order of
-    ``lifecycle._next_queued``: every request of a higher priority; then, in this
-    priority, round-robin over keys: my key's own requests ahead of me (rank r), and from
-    every other key up to r requests, plus one more for keys whose turn comes before
-    mine (their last claim is older). Exact while no new requests arrive.
+    None if the request is unknown or not queued. Replays the claim order of
+    ``lifecycle._next_queued`` (priority, then round-robin over keys by their last claim,
+    then FIFO) over the queued requests, so it is exact while nothing new arrives.
     """
     me = conn.execute(
-        sa.select(requests.c.seq, requests.c.model, requests.c.status, requests.c.priority, requests.c.key_id)
-        .where(requests.c.id == request_id)
+        sa.select(requests.c.model, requests.c.status).where(requests.c.id == request_id)
     ).first()
     if me is None or me.status != Status.QUEUED.value:
         return None
-    queued = [requests.c.status == Status.QUEUED.value, requests.c.model == me.model]
-    higher = conn.execute(
-        sa.select(sa.func.count()).select_from(requests).where(*queued, requests.c.priority < me.priority)
-    ).scalar_one()
-    rank = conn.execute(
-        sa.select(sa.func.count()).select_from(requests)
-        .where(*queued, requests.c.priority == me.priority, requests.c.key_id == me.key_id, requests.c.seq < me.seq)
-    ).scalar_one()
-    turn = sa.func.coalesce(api_keys.c.last_claimed_at, 0.0)
-    my_turn = conn.execute(sa.select(turn).where(api_keys.c.id == me.key_id)).scalar_one()
-    others = conn.execute(
-        sa.select(requests.c.key_id, sa.func.count().label("n"), turn.label("turn"))
+    rows = conn.execute(
+        sa.select(requests.c.id, requests.c.seq, requests.c.priority, requests.c.key_id,
+                  sa.func.coalesce(api_keys.c.last_claimed_at, 0.0).label("turn"))
         .select_from(requests.join(api_keys, api_keys.c.id == requests.c.key_id))
-        .where(*queued, requests.c.priority == me.priority, requests.c.key_id != me.key_id)
-        .group_by(requests.c.key_id, api_keys.c.last_claimed_at)
+        .where(requests.c.status == Status.QUEUED.value, requests.c.model == me.model)
+        .order_by(requests.c.seq)
     ).all()
-    ahead = 0
-    for row in others:
-        # Keys tied on turn are ordered by their oldest request's seq; count them as ahead
-        # when their turn is strictly older, and as behind otherwise (exact for the usual case).
-        ahead += min(row.n, rank + (1 if row.turn < my_turn else 0))
-    return higher + rank + ahead
+    turn = {r.key_id: r.turn for r in rows}
+    later = max(turn.values(), default=0.0)  # each simulated claim moves its key's turn past all others
+    position = 0
+    for priority in sorted({r.priority for r in rows}):
+        by_key: dict[str, deque[Any]] = {}
+        for r in rows:
+            if r.priority == priority:
+                by_key.setdefault(r.key_id, deque()).append(r)
+        heap = [(turn[k], q[0].seq, k) for k, q in by_key.items()]
+        heapq.heapify(heap)
+        while heap:
+            _, _, key = heapq.heappop(heap)
+            taken = by_key[key].popleft()
+            if taken.id == request_id:
+                return position
+            position += 1
+            later += 1.0
+            turn[key] = later
+            if by_key[key]:
+                heapq.heappush(heap, (turn[key], by_key[key][0].seq, key))
+    return position  # unreachable: the request is among the rows
 
 
 def find_idempotent(conn: sa.Connection, key_id: str, idempotency_key: str) -> Any:
