@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from training import world
 from training import build_pipeline as bp
+from training.analytic_vae import analytic_latents, decoder_parameters
 from diffusers import FluxPipeline
 
 
@@ -46,77 +47,42 @@ def to_tensor(img) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# Stage 1: VAE
+# VAE (analytic encoder, trained decoder)
 # ---------------------------------------------------------------------------
-def train_vae(vae, steps: int, rng: random.Random, batch: int, log_every: int = 50, lr: float = 2e-3, crop: int = 64):
-    vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    t0 = time.time()
-    aspects = list(world.ASPECTS)
-    for step in range(steps):
-        asp = rng.choice(aspects)
-        imgs = []
-        for _ in range(batch):
-            if rng.random() < 0.3:
-                _, src, tgt, _ = world.sample_edit(rng, aspect=asp)
-                sc = rng.choice([src, tgt])
-            else:
-                sc = world.sample_t2i(rng, "any", aspect=asp)[2]
-            im = to_tensor(world.render(sc))
-            _, H, W = im.shape
-            y0, x0 = rng.randrange(0, H - crop + 1), rng.randrange(0, W - crop + 1)
-            imgs.append(im[:, y0:y0 + crop, x0:x0 + crop])
-        x = torch.stack(imgs)
-        post = vae.encode(x).latent_dist
-        z = post.sample()
-        y = vae.decode(z).sample
-        kl = post.kl().mean() / z[0].numel()
-        rec = (y - x).abs().mean() + 2.0 * F.mse_loss(y, x)
-        loss = rec + 1e-4 * kl
-        cur = lr * min(1.0, (step + 1) / 30) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
-        for g in opt.param_groups:
-            g["lr"] = cur
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        if step % log_every == 0 or step == steps - 1:
-            psnr = -10 * math.log10(F.mse_loss(y.detach().clamp(-1, 1), x).item() / 4 + 1e-12)
-            log(f"vae step {step}/{steps} loss {loss.item():.4f} kl {kl.item():.3f} psnr {psnr:.2f} "
-                f"({(step + 1) * batch / (time.time() - t0):.1f} img/s)")
-    vae.eval()
-    # latent statistics -> scaling/shift factor
-    with torch.no_grad():
-        zs = []
-        for _ in range(8):
-            asp = rng.choice(aspects)
-            x = torch.stack([to_tensor(world.render(world.sample_t2i(rng, "any", aspect=asp)[2])) for _ in range(8)])
-            zs.append(vae.encode(x).latent_dist.mode().flatten())
-        zs = torch.cat(zs)
-        shift, scale = zs.mean().item(), 1.0 / zs.std().item()
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    log(f"vae latent shift {shift:.4f} scale {scale:.4f}")
-    return vae
+def latent_stats(rng: random.Random, n: int = 96):
+    xs = []
+    for i in range(n):
+        asp = list(world.ASPECTS)[i % len(world.ASPECTS)]
+        xs.append(analytic_latents(to_tensor(world.render(world.sample_t2i(rng, "any", aspect=asp)[2]))[None]).flatten())
+    z = torch.cat(xs)
+    return z.mean().item(), 1.0 / z.std().item()
 
 
-def finetune_decoder(vae, steps: int, rng: random.Random, batch: int = 4, lr: float = 5e-4, log_every: int = 25,
-                     threads: int | None = None):
-    """Stage 3: fine-tune only the VAE decoder (encoder, latent space and latent
-    scaling stay fixed, so the transformer is unaffected) on full native-size
-    renders: sharper edges and higher PSNR on untouched regions of edits."""
-    if threads:
-        torch.set_num_threads(threads)
-    vae.eval()
-    dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+def train_decoder(vae, minutes: float, rng: random.Random, batch: int = 4, lr: float = 1e-3, log_every: int = 25,
+                  max_steps: int | None = None, noise: float = 0.04, save_to: Path | None = None,
+                  save_every_min: float = 5.0):
+    """Train only the VAE decoder (+post_quant_conv) on analytic latents -> image.
+
+    The encoder is fixed (analytic), so the latent space the transformer sees never
+    changes: this stage can run before, after or in parallel with transformer training.
+    Latents get small Gaussian noise so the decoder also cleans up imperfect
+    generated latents."""
+    params = decoder_parameters(vae)
     for p in vae.parameters():
         p.requires_grad_(False)
-    for p in dec_params:
+    for p in params:
         p.requires_grad_(True)
     vae.decoder.train()
-    opt = torch.optim.AdamW(dec_params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     aspects = list(world.ASPECTS)
     t0 = time.time()
-    for step in range(steps):
+    last_save = time.time()
+    step = 0
+    budget = minutes * 60
+    while True:
+        frac = (time.time() - t0) / budget if budget > 0 else 1.0
+        if (max_steps is not None and step >= max_steps) or (max_steps is None and frac >= 1.0):
+            break
         asp = rng.choice(aspects)
         imgs = []
         for _ in range(batch):
@@ -127,22 +93,31 @@ def finetune_decoder(vae, steps: int, rng: random.Random, batch: int = 4, lr: fl
                 sc = world.sample_t2i(rng, "any", aspect=asp)[2]
             imgs.append(to_tensor(world.render(sc)))
         x = torch.stack(imgs)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mode()
+        z = analytic_latents(x)
+        if noise > 0:
+            sig = torch.rand(z.shape[0], 1, 1, 1) * noise
+            z = z + sig * torch.randn_like(z)
         y = vae.decode(z).sample
         loss = (y - x).abs().mean() + 2.0 * F.mse_loss(y, x)
-        cur = lr * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
+        cur = lr * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * min(frac, 1.0))) * 0.9 + 0.1)
         for g in opt.param_groups:
             g["lr"] = cur
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(dec_params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if step % log_every == 0 or step == steps - 1:
+        if step % log_every == 0:
             psnr = -10 * math.log10(F.mse_loss(y.detach().clamp(-1, 1), x).item() / 4 + 1e-12)
-            log(f"decoder step {step}/{steps} loss {loss.item():.4f} psnr {psnr:.2f} "
+            log(f"decoder step {step} loss {loss.item():.4f} psnr {psnr:.2f} lr {cur:.2e} "
                 f"({(step + 1) * batch / (time.time() - t0):.1f} img/s)")
+        step += 1
+        if save_to is not None and time.time() - last_save > save_every_min * 60:
+            torch.save(vae.state_dict(), str(save_to) + ".tmp"); os.replace(str(save_to) + ".tmp", save_to)
+            last_save = time.time()
+            log(f"decoder saved -> {save_to}")
     vae.eval().requires_grad_(False)
+    if save_to is not None:
+        torch.save(vae.state_dict(), str(save_to) + ".tmp"); os.replace(str(save_to) + ".tmp", save_to)
     return vae
 
 
@@ -176,7 +151,7 @@ class Pool:
     def encode_images(self, imgs):
         vae = self.pipe.vae
         x = torch.stack([to_tensor(i) for i in imgs])
-        z = vae.encode(x).latent_dist.mode()
+        z = analytic_latents(x)  # == vae.encode(x).latent_dist.mode() (analytic encoder)
         z = (z - vae.config.shift_factor) * vae.config.scaling_factor
         return z.to(torch.float16)
 
@@ -270,9 +245,12 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--hours", type=float, default=1.75, help="total wall-clock budget incl. VAE")
-    ap.add_argument("--vae-steps", type=int, default=500)
-    ap.add_argument("--vae-batch", type=int, default=8)
-    ap.add_argument("--dec-steps", type=int, default=250, help="stage 3: decoder-only fine-tune steps")
+    ap.add_argument("--dec-minutes", type=float, default=20.0,
+                    help="VAE decoder training budget (stage 2, after the transformer; inside --hours)")
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="only train the VAE decoder (writes <run>/decoder.pt); can run in parallel")
+    ap.add_argument("--decoder-from", default=None,
+                    help="use a decoder state dict trained separately (skips the decoder stage)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--edit-frac", type=float, default=0.3)
@@ -288,7 +266,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     if args.smoke:
-        args.vae_steps, args.vae_batch, args.batch, args.dec_steps = 3, 2, 4, 1
+        args.batch = 4
         args.refresh_n, args.refresh_every = 24, 3
         args.hours = 0.0
         args.max_steps = 6
@@ -308,22 +286,20 @@ def main(argv=None):
         log(f"resuming from step {state['step']} (elapsed {state['elapsed'] / 60:.1f} min)")
 
     vae = bp.make_vae()
-    t_start = time.time()
     prev_elapsed = 0.0
     if state is not None:
         vae.load_state_dict(state["vae"])
         vae.register_to_config(shift_factor=state["vae_shift"], scaling_factor=state["vae_scale"])
         prev_elapsed = state["elapsed"]
-    elif (run / "vae.pt").exists() and args.resume:
-        s = torch.load(run / "vae.pt", map_location="cpu")
-        vae.load_state_dict(s["sd"]); vae.register_to_config(shift_factor=s["shift"], scaling_factor=s["scale"])
-        prev_elapsed = s["elapsed"]
-        log("loaded trained VAE from run dir")
     else:
-        train_vae(vae, args.vae_steps, rng, args.vae_batch)
-        prev_elapsed = time.time() - t_start
-        torch.save({"sd": vae.state_dict(), "shift": vae.config.shift_factor, "scale": vae.config.scaling_factor,
-                    "elapsed": prev_elapsed}, run / "vae.pt")
+        shift, scale = latent_stats(random.Random(args.seed + 1), 12 if args.smoke else 96)
+        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+        log(f"latent shift {shift:.4f} scale {scale:.4f}")
+    if args.decoder_only:
+        train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
+                      max_steps=2 if args.smoke else None, save_to=run / "decoder.pt")
+        log("decoder done")
+        return
     vae.eval().requires_grad_(False)
 
     transformer = bp.make_transformer()
@@ -348,7 +324,7 @@ def main(argv=None):
     empty_pe, empty_pooled = pool.empty()
     log(f"initial pool {pool.n} samples in {time.time() - t0:.1f}s")
 
-    budget = args.hours * 3600
+    budget = args.hours * 3600 - (0 if args.decoder_from else args.dec_minutes * 60)
     seg_start = time.time()
     last_ckpt = time.time()
     losses = {"t2i": [], "edit": []}
@@ -418,8 +394,13 @@ def main(argv=None):
         if time.time() - last_ckpt > args.ckpt_min * 60:
             save_ckpt()
             last_ckpt = time.time()
-    if args.dec_steps > 0:
-        finetune_decoder(vae, args.dec_steps, random.Random(args.seed + 17), batch=2 if args.smoke else 4)
+    if args.decoder_from:
+        sd = torch.load(args.decoder_from, map_location="cpu")
+        vae.load_state_dict({k: v for k, v in sd.items()})
+        log(f"decoder loaded from {args.decoder_from}")
+    elif args.dec_minutes > 0:
+        train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
+                      max_steps=2 if args.smoke else None)
     save_ckpt(final=True)
     (run / "DONE").write_text(json.dumps({"step": step, "elapsed_min": elapsed() / 60}))
     log("done")

@@ -6,8 +6,9 @@ process, never from the API's event loop.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from PIL import Image
 
@@ -34,10 +35,31 @@ class GenerationResult:
     engine_ms: float = 0.0
 
 
+#: Decodes a job's current latents to a small RGB image (long side at most ~256 px).
+Preview = Callable[[], Image.Image]
+
+
 class StepCallback(Protocol):
-    def __call__(self, request_id: str, step: int, total: int) -> bool:
-        """Called after each denoising step; return False to stop that job."""
+    def __call__(self, request_id: str, step: int, total: int, preview: Preview | None = None) -> bool:
+        """Called after each denoising step; return False to stop that job.
+
+        ``preview``, when the engine offers one, makes a low-resolution image of the job
+        as it stands after this step. It is valid only during this call (the latents move
+        on afterwards), costs engine time, and must not change the job's final pixels.
+        Engines pass it by keyword and only to callbacks that take it (``takes_preview``),
+        so three-argument callbacks keep working.
+        """
         ...
+
+
+def takes_preview(on_step: Callable[..., bool]) -> bool:
+    """Whether ``on_step`` accepts the ``preview`` keyword (or any keyword)."""
+    try:
+        params = inspect.signature(on_step).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return any(p.name == "preview" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               or p.kind is p.VAR_KEYWORD for p in params)
 
 
 class Engine(Protocol):
