@@ -176,7 +176,12 @@ def build_analytic_vae():
 
 
 def decoder_parameters(vae):
-    return list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    """Trainable decoder parameters.  The output GroupNorm and conv_out stay at their
+    analytic values: they read (OFF + s) - (OFF - s), so small weight noise there
+    would be amplified by OFF; everything before them (residual branches,
+    upsamplers, attention) learns the refinement."""
+    frozen = {id(p) for p in list(vae.decoder.conv_norm_out.parameters()) + list(vae.decoder.conv_out.parameters())}
+    return [p for p in list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if id(p) not in frozen]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ generator's own renders, read positions from centroids.
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import math
@@ -439,13 +443,15 @@ def edit(kpipe, instruction, src_img, seed=0, steps=None, cfg=None):
 
 
 def evaluate_model(model_dir, n_per_cat=25, n_edits=20, steps=None, cfg=None, edit_cfg=None, seed=0,
-                   save_dir=None, sets=None, log=print):
+                   save_dir=None, sets=None, log=print, decoder=None, pipe=None):
     import torch
     from diffusers import FluxKontextPipeline
 
     from training import build_pipeline as bp
 
-    pipe = bp.load_pipeline(model_dir)
+    pipe = pipe or bp.load_pipeline(model_dir)
+    if decoder:
+        pipe.vae.load_state_dict(torch.load(decoder, map_location="cpu"))
     kpipe = FluxKontextPipeline.from_pipe(pipe)
     kpipe.set_progress_bar_config(disable=True)
     sets = sets or world.eval_sets(n_per_cat=n_per_cat, n_edits_per_kind=n_edits)
@@ -494,10 +500,12 @@ def main(argv=None):
     ap.add_argument("--edit-cfg", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-dir", default=None)
+    ap.add_argument("--decoder", default=None, help="VAE state dict to swap in (decoder trained separately)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = evaluate_model(args.model, args.n, args.n_edits, args.steps, args.cfg, args.edit_cfg, save_dir=args.save_dir)
+    res = evaluate_model(args.model, args.n, args.n_edits, args.steps, args.cfg, args.edit_cfg, save_dir=args.save_dir,
+                         decoder=args.decoder)
     res["model"] = args.model
     print(json.dumps(res, indent=1))
     if args.out:

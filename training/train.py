@@ -27,6 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+# Under CPU contention (other processes on the same 2 cores) spinning OpenMP
+# threads are 4-5x slower than sleeping ones; must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -58,7 +62,7 @@ def latent_stats(rng: random.Random, n: int = 96):
     return z.mean().item(), 1.0 / z.std().item()
 
 
-def train_decoder(vae, minutes: float, rng: random.Random, batch: int = 4, lr: float = 1e-3, log_every: int = 25,
+def train_decoder(vae, minutes: float, rng: random.Random, batch: int = 4, lr: float = 3e-4, log_every: int = 25,
                   max_steps: int | None = None, noise: float = 0.04, save_to: Path | None = None,
                   save_every_min: float = 5.0):
     """Train only the VAE decoder (+post_quant_conv) on analytic latents -> image.
@@ -262,6 +266,7 @@ def main(argv=None):
     ap.add_argument("--ckpt-min", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--warmup", type=int, default=60)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -356,7 +361,7 @@ def main(argv=None):
         frac = elapsed() / budget if budget > 0 else 1.0
         if args.max_steps is None and frac >= 1.0:
             break
-        warm = min(1.0, (step + 1) / 300)
+        warm = min(1.0, (step + 1) / args.warmup)
         lr = args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         for g in opt.param_groups:
             g["lr"] = lr

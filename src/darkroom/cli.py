@@ -19,6 +19,8 @@ app.add_typer(keys_app, name="keys")
 
 DataDir = typer.Option(None, "--data-dir", help="Database, results and secrets (env DARKROOM_DATA_DIR).")
 ModelsFile = typer.Option(None, "--models", help="Model registry TOML (env DARKROOM_MODELS_FILE).")
+Aliases = typer.Option(None, "--alias", help="Also answer to NAME for MODEL: NAME=MODEL, repeatable "
+                                             "(added to env DARKROOM_ALIASES, a JSON list).")
 
 
 def _settings(data_dir: Optional[Path] = None, models: Optional[Path] = None, **extra: Any) -> Settings:
@@ -27,6 +29,20 @@ def _settings(data_dir: Optional[Path] = None, models: Optional[Path] = None, **
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return settings
+
+
+def _with_aliases(settings: Settings, aliases: Optional[list[str]]) -> Settings:
+    """Add the ``--alias`` flags to the environment's aliases and check them all against the
+    registry now, so a typo stops the start with a clear message rather than a traceback."""
+    from darkroom.engines.registry import load_registry
+
+    if aliases:
+        settings = settings.model_copy(update={"aliases": [*settings.aliases, *aliases]})
+    try:
+        load_registry(settings.resolved_models_file(), aliases=settings.aliases)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--alias / DARKROOM_ALIASES") from None
     return settings
 
 
@@ -46,6 +62,7 @@ def serve(
     models: Optional[Path] = ModelsFile,
     public_url: Optional[str] = typer.Option(None, help="Base URL for result links (behind a proxy)."),
     worker: bool = typer.Option(True, "--worker/--no-worker", help="Also run a worker process."),
+    alias: Optional[list[str]] = Aliases,
 ) -> None:
     """Run the HTTP API (and, by default, a worker process beside it)."""
     import uvicorn
@@ -53,17 +70,21 @@ def serve(
     from darkroom.api import create_app
     from darkroom.supervise import WorkerProcess
 
-    settings = _settings(data_dir, models, public_url=public_url)
+    settings = _with_aliases(_settings(data_dir, models, public_url=public_url), alias)
     _store(settings)  # migrate before the worker starts, so they don't race on it
     child = None
     if worker:
         args = ["--data-dir", str(settings.data_dir)]
         if settings.models_file:
             args += ["--models", str(settings.models_file)]
+        for name in settings.aliases:
+            args += ["--alias", name]
         child = WorkerProcess(args)
         child.start()
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+                    # open event streams must not hold a shutdown (or a restart) hostage
+                    timeout_graceful_shutdown=5)
     finally:
         if child:
             child.stop()
@@ -75,11 +96,13 @@ def worker_cmd(
     models: Optional[Path] = ModelsFile,
     model: Optional[list[str]] = typer.Option(None, "--model", help="Serve only these models (repeatable)."),
     device: Optional[str] = typer.Option(None, help="torch device, e.g. cuda:1 (default: cuda if present)."),
+    alias: Optional[list[str]] = Aliases,
 ) -> None:
     """Run a worker: claims queued requests and generates their images."""
     from darkroom.worker import run_worker
 
-    run_worker(_settings(data_dir, models, worker_models=model or None, device=device))
+    settings = _settings(data_dir, models, worker_models=model or None, device=device)
+    run_worker(_with_aliases(settings, alias))
 
 
 @app.command()
@@ -197,11 +220,18 @@ def models_cmd(models: Optional[Path] = ModelsFile) -> None:
     from darkroom.engines.registry import load_registry
 
     settings = _settings(models=models)
-    registry = load_registry(settings.resolved_models_file())
+    registry = load_registry(settings.resolved_models_file(), aliases=settings.aliases)
     for spec in registry.models.values():
         mark = "*" if spec.id == registry.default else " "
         state = "available" if spec.available() else ("hub" if not spec.is_local else "missing weights")
-        typer.echo(f"{mark} {spec.id:<24} {spec.model_type:<14} {state:<16} {spec.path}")
+        aka = f"  (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
+        typer.echo(f"{mark} {spec.id:<24} {spec.model_type:<14} {state:<16} {spec.path}{aka}")
+
+
+@app.command("webhook-secret")
+def webhook_secret_cmd(data_dir: Optional[Path] = DataDir) -> None:
+    """Print the server-wide webhook signing secret (for receivers of requests without their own)."""
+    typer.echo(_settings(data_dir).resolved_webhook_secret())
 
 
 def main() -> None:

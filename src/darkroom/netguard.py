@@ -10,8 +10,8 @@ Policy (``NetGuard``):
 - Every address the host resolves to must be public. Refused: loopback, private (RFC 1918,
   ULA), shared (100.64/10), link-local, multicast, reserved, unspecified, documentation
   and benchmark ranges (anything Python's ``ipaddress`` does not call global), IPv4
-  embedded in IPv6 (mapped ``::ffff:a.b.c.d``, compatible ``::a.b.c.d``, 6to4, Teredo,
-  NAT64 ``64:ff9b::/96``) when the embedded address is refused, and the cloud metadata
+  embedded in IPv6 (mapped ``::ffff:a.b.c.d``, 6to4 ``2002::/16``, NAT64 ``64:ff9b::/96``)
+  when the embedded address is refused, IPv4-compatible ``::a.b.c.d``, and the cloud metadata
   services (``METADATA_ADDRESSES``, ``METADATA_HOSTS``). If any one address is refused
   the whole host is: a DNS answer mixing a public and a private address is an attack.
 - The operator's allow-list (``url_allowlist``: comma-separated host names and IP/CIDR
@@ -89,9 +89,11 @@ def address_refusal(ip: IPAddress) -> str | None:
         return "a cloud metadata address"
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(ip)
-        if embedded is not None:
+        if embedded is not None:  # judged by the IPv4 address it reaches
             reason = address_refusal(embedded)
-            return f"{reason} (embedded in {ip})" if reason else None
+            return f"an address embedding {embedded}, {reason}" if reason else None
+        if int(ip) >> 32 == 0 and int(ip) > 1:
+            return "a deprecated IPv4-compatible address"
         if ip in _NAT64_LOCAL:
             return "a local-use NAT64 address"
     checks = (
@@ -107,14 +109,15 @@ def address_refusal(ip: IPAddress) -> str | None:
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address inside a mapped, compatible, 6to4, Teredo (client) or NAT64 IPv6 address."""
+    """The IPv4 address a mapped, 6to4 or NAT64 (64:ff9b::/96) IPv6 address leads to, else None.
+
+    (Teredo, 2001::/32, is refused as a whole: Python counts it private.)
+    """
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):  # NAT64, or IPv4-compatible ::a.b.c.d
+    if ip in _NAT64:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 

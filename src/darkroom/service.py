@@ -18,6 +18,7 @@ from darkroom.engines.params import INPUT_IMAGE_FIELDS, decode_base64_image, val
 from darkroom.engines.registry import Registry, load_registry
 from darkroom.errors import Forbidden, InvalidField, NotFound, RequestNotFound, Unauthorized
 from darkroom.imaging import CONTENT_TYPES, decode_image
+from darkroom.netguard import NetGuard
 from darkroom.settings import Settings
 from darkroom.signing import UrlSigner
 from darkroom.storage import BlobStore, LocalBlobStore
@@ -47,6 +48,11 @@ def result_key(request_id: str, index: int, output_format: str) -> str:
     return f"results/{request_id}/{index}.{output_format}"
 
 
+def preview_key(request_id: str) -> str:
+    """Where a request's latest step preview (JPEG) is kept while it is processing."""
+    return f"previews/{request_id}.jpeg"
+
+
 def input_key(upload_id: str, field: str) -> str:
     return f"inputs/{upload_id}/{field}"
 
@@ -58,6 +64,7 @@ class Service:
     registry: Registry
     blobs: BlobStore
     signer: UrlSigner
+    guard: NetGuard
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: Store | None = None) -> "Service":
@@ -69,9 +76,10 @@ class Service:
         return cls(
             settings=settings,
             store=store,
-            registry=load_registry(settings.resolved_models_file()),
+            registry=load_registry(settings.resolved_models_file(), aliases=settings.aliases),
             blobs=LocalBlobStore(settings.data_dir / "blobs"),
             signer=UrlSigner(settings.resolved_secret_key(), settings.media_url_ttl_s),
+            guard=NetGuard.from_settings(settings),
         )
 
     # -- keys ---------------------------------------------------------------------------
@@ -108,6 +116,10 @@ class Service:
                             code="priority_not_allowed", field="priority")
         if options.webhook_url:
             self.check_outbound_url(options.webhook_url, "webhook_url")
+        for field in INPUT_IMAGE_FIELDS:
+            value = clean.get(field)
+            if isinstance(value, str) and value.startswith(("http://", "https://")):
+                self.check_outbound_url(value, f"payload.{field}")
         request_hash = _fingerprint(spec.id, payload, options)
         limits = Limits(
             rate_per_minute=key.rate_per_minute or self.settings.default_rate_per_minute,
@@ -127,9 +139,14 @@ class Service:
         return submitted
 
     def check_outbound_url(self, url: str, field: str) -> None:
-        """Refuse URLs darkroom must not call (SSRF guard); raises InvalidField."""
-        if not url.startswith(("http://", "https://")):
-            raise InvalidField(field, "must be an http(s) URL")
+        """Refuse URLs darkroom must not call (SSRF guard, see ``darkroom.netguard``): not
+        http(s), or a host that resolves to a non-public address the operator has not
+        allow-listed. Raises InvalidField naming ``field`` (code ``url_not_allowed``).
+
+        This is the early answer at submit time; the HTTP clients check again when they
+        connect (DNS may have changed by then).
+        """
+        self.guard.check_url(url, field)
 
     @staticmethod
     def _take_envelope(payload: dict[str, Any], options: SubmitOptions) -> tuple[dict[str, Any], SubmitOptions]:

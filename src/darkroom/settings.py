@@ -6,10 +6,12 @@ passed down. Nothing below this module reads the environment.
 
 from __future__ import annotations
 
+import base64
+import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The registry shipped with the source tree: <repo>/models/models.toml.
@@ -24,6 +26,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("darkroom-data"), description="Database, results and secrets live here.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
     models_file: Path | None = Field(None, description="Model registry (TOML); default models/models.toml.")
+    aliases: list[str] = Field(
+        default_factory=list, description="Extra model names, each NAME=MODEL (e.g. flux-kontext-pro=darkroom-mini); "
+                                          "env: a JSON list. None by default: a name must not claim a model it is not.")
     public_url: str | None = Field(
         None, description="Base URL used in result links; default: the URL the request came in on."
     )
@@ -50,7 +55,41 @@ class Settings(BaseSettings):
     upsampler_key: str | None = Field(None, description="Bearer key for the chat endpoint.")
     upsampler_timeout_s: float = Field(20.0, gt=0, description="After this, upsampling falls back to offline.")
 
+    # Outbound calls (webhooks, input_image URLs): docs/webhooks.md
+    url_allowlist: str = Field(
+        "", description="Comma-separated hosts (*.example.com for subdomains) and IP/CIDR ranges that webhook and "
+                        "input_image URLs may reach although they are private, loopback or link-local.")
+    webhook_secret: str | None = Field(
+        None, description="Signs webhooks of requests without their own secret (whsec_<base64> or any string); "
+                          "default: generated in data_dir/webhook.key.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="One delivery attempt gives up after this.")
+    webhook_max_attempts: int = Field(11, ge=1, description="Delivery attempts before a webhook is marked failed.")
+    webhook_retry_base_s: float = Field(5.0, gt=0, description="Delay before the first retry; doubles each time.")
+    webhook_retry_max_s: float = Field(1800.0, gt=0, description="Longest delay between two attempts.")
+    webhook_poll_interval_s: float = Field(1.0, gt=0, description="How often the dispatcher looks for due webhooks.")
+    webhook_concurrency: int = Field(4, ge=1, description="Webhook deliveries in flight at once per API process.")
+    webhook_dispatcher: bool = Field(True, description="Deliver webhooks from this API process (darkroom serve).")
+
+    # Live events and previews: docs/events.md
+    events_poll_s: float = Field(0.5, gt=0, description="How often an events stream looks at its request.")
+    events_keepalive_s: float = Field(15.0, gt=0, description="Idle events streams send a comment this often.")
+    events_max_s: float = Field(3600.0, gt=0, description="An events stream closes after this; clients reconnect.")
+    preview_every_steps: int = Field(4, ge=0, description="Preview image every N denoising steps (0: none); "
+                                                          "at most one a second.")
+
+    # Synchronous dialects (OpenAI Images): the call waits for the queue
+    sync_wait_s: float = Field(300.0, gt=0, description="A synchronous call gives up (504, its requests cancelled) "
+                                                        "after this long.")
+
     log_level: str = "INFO"
+
+    @field_validator("url_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: str) -> str:
+        from darkroom.netguard import Allowlist
+
+        Allowlist.parse(value)  # a typo fails at startup, not at the first webhook
+        return value
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -76,3 +115,22 @@ class Settings(BaseSettings):
             tmp.chmod(0o600)
             tmp.replace(path)
         return path.read_text().strip().encode()
+
+    def resolved_webhook_secret(self) -> str:
+        """The server-wide webhook signing secret: configured, or a ``whsec_`` secret created
+        once under data_dir (shared by every API replica, like ``resolved_secret_key``)."""
+        if self.webhook_secret:
+            return self.webhook_secret
+        path = self.data_dir / "webhook.key"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+            tmp.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # first process wins; a replica starting beside it reads the winner's
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from darkroom.engines.base import GenerationJob, takes_preview
-from darkroom.engines.flux import PREVIEW_MAX_SIDE
+from darkroom.engines.base import PREVIEW_MAX_SIDE, GenerationJob, takes_preview
 
 
 def job(request_id: str = "p1", *, width: int = 1024, height: int = 1024, seed: int = 3,
@@ -60,11 +59,9 @@ def test_preview_is_small_rgb_at_the_jobs_aspect(make_engine) -> None:
         sizes.append(image.size)
         return True
 
-    [result] = engine.generate([job(width=1360, height=768, steps=1)], on_step)
-    assert result.image is not None and result.image.size == (1360, 768)
-    [(width, height)] = sizes
-    assert width == PREVIEW_MAX_SIDE and height < width
-    assert abs(width / height - 1360 / 768) < 0.1
+    [result] = engine.generate([job(width=512, height=288, steps=1)], on_step)
+    assert result.image is not None and result.image.size == (512, 288)
+    assert sizes == [(PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE * 288 // 512)]
 
 
 def test_preview_of_a_batch_is_each_jobs_own(make_engine) -> None:
@@ -77,3 +74,48 @@ def test_preview_of_a_batch_is_each_jobs_own(make_engine) -> None:
 
     engine.generate([job("a", seed=1, steps=1), job("b", seed=2, steps=1)], on_step)
     assert seen["a"] != seen["b"]
+
+
+# -- the worker's side: pacing and storing previews ---------------------------------------
+
+
+class Blobs:
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[bytes, str]] = {}
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.items[key] = (data, content_type)
+
+
+def test_pacer_spaces_previews_by_steps_time_and_cost() -> None:
+    from darkroom.worker.job import PREVIEW_EVERY_S, PREVIEW_SHARE, PreviewPacer
+
+    pacer = PreviewPacer(every=4)
+    assert [s for s in range(1, 13) if pacer.due(s, 12, now=100.0)] == [4, 8]  # never the last step
+    pacer.spent(100.0, 100.01)  # cheap: at most one a second
+    assert not pacer.due(8, 12, now=100.0 + PREVIEW_EVERY_S - 0.01) and pacer.due(8, 12, now=100.0 + PREVIEW_EVERY_S)
+    pacer.spent(200.0, 202.0)  # costly: previews stay at about PREVIEW_SHARE of the time
+    assert not pacer.due(8, 12, now=200.0 + 2.0 / PREVIEW_SHARE - 0.01)
+    assert not PreviewPacer(every=0).due(4, 12, now=0.0)
+
+
+def test_worker_stores_a_small_jpeg_and_survives_a_failing_preview() -> None:
+    import io
+
+    from darkroom.worker.job import JobRunner, PreviewPacer
+
+    blobs = Blobs()
+    runner = JobRunner(settings=None, store=None, blobs=blobs, moderator=None, upsampler=None,  # type: ignore[arg-type]
+                       worker_id="w")
+    pacer = PreviewPacer(every=4)
+    assert runner._write_preview("r1", lambda: Image.new("RGB", (1024, 512), "red"), pacer)
+    data, content_type = blobs.items["previews/r1.jpeg"]
+    image = Image.open(io.BytesIO(data))
+    assert content_type == "image/jpeg" and image.format == "JPEG" and image.size == (256, 128)
+    assert pacer.written and pacer.next_at > 0
+
+    def broken() -> Image.Image:
+        raise RuntimeError("no latents")
+
+    assert not runner._write_preview("r2", broken, pacer)
+    assert pacer.every == 0 and "previews/r2.jpeg" not in blobs.items  # previews off for this run

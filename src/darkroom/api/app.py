@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from darkroom import __version__
-from darkroom.api import media, requestqueue
+from darkroom.api import bfl, events, media, openai_images, render, requestqueue
 from darkroom.api.errors import install_error_handlers
 from darkroom.api.limits import BodySizeLimit
+from darkroom.domain import Request
 from darkroom.service import Service
 from darkroom.settings import Settings
+from darkroom.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +26,23 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
     """Build the app. Settings come in from the edge; the service is built from them unless given."""
     service = service or Service.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dispatcher = _webhook_dispatcher(service, settings) if settings.webhook_dispatcher else None
+        if dispatcher is not None:
+            dispatcher.start()
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                await asyncio.to_thread(dispatcher.stop)  # waits for sends in flight
+
     app = FastAPI(
         title="darkroom",
         version=__version__,
         description="Self-hosted image generation with the hosted FLUX Kontext request-queue API.",
+        lifespan=lifespan,
     )
     app.state.service = service
     app.state.settings = settings
@@ -35,6 +53,9 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         app.include_router(requestqueue.router, prefix=prefix,
                            include_in_schema=prefix == requestqueue.PREFIXES[0])
     app.include_router(media.router)
+    app.include_router(openai_images.router)  # the other dialects: docs/dialects.md
+    app.include_router(bfl.router)
+    events.include(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database check")
     def healthz() -> dict[str, Any]:
@@ -43,6 +64,25 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
 
     app.openapi = lambda: _openapi(app, service)  # type: ignore[method-assign]
     return app
+
+
+def _webhook_dispatcher(service: Service, settings: Settings) -> WebhookDispatcher:
+    """The webhook dispatcher, with this API's body renderer for each dialect."""
+    dispatcher = WebhookDispatcher.from_settings(settings, service.store)
+
+    def primary(request: Request) -> dict[str, Any]:
+        body = render.status_object(service, settings.public_url or request.base_url or "http://localhost/", request)
+        body.pop("webhooks", None)  # the deliveries' bookkeeping is not part of what they deliver
+        return body
+
+    dispatcher.register("requestqueue", primary)
+
+    def bfl_result(request: Request) -> dict[str, Any]:
+        return bfl.result_object(service, settings.public_url or request.base_url or "http://localhost/", request)
+
+    # BFL sends the client's secret in X-Webhook-Secret; the body is get_result's answer.
+    dispatcher.register("bfl", bfl_result, secret_header=True)
+    return dispatcher
 
 
 def _openapi(app: FastAPI, service: Service) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from darkroom.domain import Request
-from darkroom.service import Service
+from darkroom.domain import Request, Status
+from darkroom.service import Service, preview_key
 
 
 def media_urls(service: Service, base_url: str, outcome: dict[str, Any]) -> list[dict[str, str]]:
@@ -46,7 +46,28 @@ def status_object(service: Service, base_url: str, request: Request, *, queue_po
         "attempts": request.attempts,
         "progress": progress,
         "queue_position": queue_position,
+        "preview": preview_object(service, base_url, request),
+        "webhooks": webhook_objects(service, request),
     }
+
+
+def webhook_objects(service: Service, request: Request) -> list[dict[str, Any]]:
+    """The request's webhook deliveries (only requests with a webhook URL have any)."""
+    if not request.webhook_url:
+        return []
+    return [
+        {
+            "id": d.id,
+            "event": d.event,
+            "status": d.status.value,
+            "attempts": d.attempts,
+            "last_error": d.last_error,
+            "last_status_code": d.last_status_code,
+            "delivered_at": int(d.delivered_at) if d.delivered_at else None,
+            "next_attempt_at": int(d.next_attempt_at) if d.status == "pending" else None,
+        }
+        for d in service.store.list_webhook_deliveries(request.id)
+    ]
 
 
 def submit_object(request: Request) -> dict:
@@ -58,3 +79,17 @@ def submit_object(request: Request) -> dict:
         "updated_at": int(request.updated_at),
         "queued_at": int(request.queued_at),
     }
+
+
+def preview_object(service: Service, base_url: str, request: Request) -> dict[str, Any] | None:
+    """The latest step preview while processing, {"step", "url"} (a small JPEG behind a signed
+    URL, like results); None when there is none or the request is not processing.
+
+    The preview is overwritten in place, so ``step`` is also in the URL: each preview gets
+    its own URL and no cache can serve an older one.
+    """
+    if request.status != Status.PROCESSING or request.preview_step is None:
+        return None
+    key = preview_key(request.id)
+    url = f"{base_url.rstrip('/')}/media/{key}?{service.signed_media_query(key)}&step={request.preview_step}"
+    return {"step": request.preview_step, "url": url}

@@ -50,6 +50,22 @@ class Progress(BaseModel):
     total: int
 
 
+class WebhookDeliveryInfo(BaseModel):
+    id: str = Field(description="Stable delivery id, sent as the webhook-id header.")
+    event: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None = None
+    last_status_code: int | None = None
+    delivered_at: int | None = None
+    next_attempt_at: int | None = Field(None, description="When the next attempt is due (pending only).")
+
+
+class Preview(BaseModel):
+    step: int
+    url: str = Field(description="Signed URL of a small JPEG decoded from the current latents.")
+
+
 class Outcome(BaseModel):
     """On success: media_urls and how the image was made. On failure or cancel: error."""
 
@@ -83,6 +99,9 @@ class StatusObject(BaseModel):
     attempts: int = 0
     progress: Progress | None = Field(None, description="Denoising step while processing.")
     queue_position: int | None = Field(None, description="Requests ahead of this one while queued.")
+    preview: Preview | None = Field(None, description="The latest low-resolution preview while processing.")
+    webhooks: list[WebhookDeliveryInfo] | None = Field(
+        None, description="Deliveries of this request's webhook (when it set webhook_url).")
 
 
 class RequestList(BaseModel):

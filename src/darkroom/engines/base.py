@@ -7,8 +7,9 @@ process, never from the API's event loop.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from PIL import Image
 
@@ -35,7 +36,10 @@ class GenerationResult:
     engine_ms: float = 0.0
 
 
-#: Decodes a job's current latents to a small RGB image (long side at most ~256 px).
+#: The longest side, in pixels, of a preview image.
+PREVIEW_MAX_SIDE = 256
+
+#: Decodes a job's current latents to a small RGB image (long side at most PREVIEW_MAX_SIDE).
 Preview = Callable[[], Image.Image]
 
 
@@ -58,7 +62,7 @@ def takes_preview(on_step: Callable[..., bool]) -> bool:
         params = inspect.signature(on_step).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable without a signature
         return False
-    return any(p.name == "preview" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    return any((p.name == "preview" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
                or p.kind is p.VAR_KEYWORD for p in params)
 
 

@@ -31,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from darkroom.engines.base import GenerationJob, GenerationResult, StepCallback, takes_preview
+from darkroom.engines.base import (
+    PREVIEW_MAX_SIDE,
+    GenerationJob,
+    GenerationResult,
+    StepCallback,
+    takes_preview,
+)
 from darkroom.engines.loader import (
     FluxOptions,
     load_flux_pipeline,
@@ -41,9 +47,6 @@ from darkroom.engines.loader import (
 )
 from darkroom.engines.registry import ModelSpec
 from darkroom.errors import EngineError
-
-#: Longest side of a preview image, in pixels.
-PREVIEW_MAX_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ class FluxEngine:
                         continue
                     if with_preview:
                         latents = tensors["latents"][k:k + 1]
-                        preview = lambda latents=latents: self._preview(pipeline, latents, width, height)  # noqa: E731
+                        preview = lambda latents=latents: self._preview(pipeline, latents, width, height)
                         go_on = on_step(plan.job.request_id, i + 1, plan.job.steps, preview=preview)
                     else:
                         go_on = on_step(plan.job.request_id, i + 1, plan.job.steps)

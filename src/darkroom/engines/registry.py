@@ -10,7 +10,7 @@ Read from a TOML file (``models/models.toml`` by default; ``--models`` or
     pipeline = "flux-kontext"       # flux (text-to-image) | flux-kontext (also edits)
     path = "darkroom-mini"          # a folder (relative to this file) or a hub id
     brief_description = "..."
-    aliases = []
+    aliases = []                    # other names it answers to (none by default; see docs/dialects.md)
     [models.darkroom-mini.parameters]
     steps = { default = 8, minimum = 1, maximum = 50 }
     [models.darkroom-mini.options]  # engine-specific, passed to the engine as is
@@ -20,7 +20,8 @@ Read from a TOML file (``models/models.toml`` by default; ``--models`` or
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,49 @@ class Registry:
     def ids(self) -> list[str]:
         return list(self.models)
 
+    def with_aliases(self, aliases: Iterable[str]) -> Registry:
+        """This registry with more aliases, each ``"NAME=MODEL"`` (the deployment's own names,
+        e.g. ``flux-kontext-pro=darkroom-mini``). Raises ValueError on a malformed entry, an
+        unknown target model, or a name that is already a model id or another model's alias."""
+        models = dict(self.models)
+        for entry in aliases:
+            name, target = parse_alias(entry)
+            if target not in models:
+                raise ValueError(f"alias {entry!r}: unknown model {target!r}; known: {', '.join(models) or 'none'}")
+            if name in models[target].aliases:
+                continue  # given twice (the environment and a flag): harmless
+            models[target] = replace(models[target], aliases=(*models[target].aliases, name))
+        _check_names(models)
+        return replace(self, models=models)
 
-def load_registry(path: Path) -> Registry:
-    """Parse a registry file. Relative weight paths resolve against the file's folder."""
+
+def parse_alias(entry: str) -> tuple[str, str]:
+    """``"NAME=MODEL"`` -> (NAME, MODEL); raises ValueError."""
+    name, sep, target = (entry or "").partition("=")
+    name, target = name.strip(), target.strip()
+    if not sep or not name or not target:
+        raise ValueError(f"alias {entry!r} must look like NAME=MODEL")
+    if "/" in name or any(c.isspace() for c in name):
+        raise ValueError(f"alias {entry!r}: the name may not contain '/' or spaces")
+    return name, target
+
+
+def _check_names(models: dict[str, ModelSpec]) -> None:
+    """Every id and alias names one model: an alias may not shadow an id or be shared."""
+    owner: dict[str, str] = {}
+    for spec in models.values():
+        for alias in spec.aliases:
+            if alias in models:
+                raise ValueError(f"alias {alias!r} of model {spec.id!r} is already a model id")
+            if alias in owner and owner[alias] != spec.id:
+                raise ValueError(f"alias {alias!r} is claimed by both {owner[alias]!r} and {spec.id!r}")
+            owner[alias] = spec.id
+
+
+def load_registry(path: Path, *, aliases: Iterable[str] = ()) -> Registry:
+    """Parse a registry file, adding the deployment's ``aliases`` (``"NAME=MODEL"``, see
+    ``Registry.with_aliases``). Relative weight paths resolve against the file's folder.
+    Raises ValueError on an inconsistent file or alias."""
     with open(path, "rb") as fh:
         data = tomllib.load(fh)
     base = path.resolve().parent
@@ -115,7 +156,11 @@ def load_registry(path: Path) -> Registry:
     default = data.get("default")
     if default is not None and default not in models:
         raise ValueError(f"{path}: default model {default!r} is not defined")
-    return Registry(models=models, default=default, source=path)
+    try:
+        _check_names(models)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return Registry(models=models, default=default, source=path).with_aliases(aliases)
 
 
 def parse_model(model_id: str, entry: dict[str, Any], *, base: Path, created_at: int = 0) -> ModelSpec:

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from darkroom.domain import TRANSITIONS, Request, Status
 from darkroom.errors import Conflict, RequestNotFound
+from darkroom.store import webhooks
 from darkroom.store.requests import get_request
 from darkroom.store.rows import to_request
 from darkroom.store.tables import api_keys, requests
@@ -61,7 +62,8 @@ def _transition(
     ``request_id`` is an id or a scalar subquery selecting one (the claim). ``owner``
     adds ``lease_owner = owner`` to the guard; ``guard`` adds further conditions;
     ``values`` are the other columns to set. None means no row matched: the request is
-    unknown or the transition is not legal from its current state (or owner).
+    unknown or the transition is not legal from its current state (or owner). A move to
+    a terminal state of a request with a webhook URL also queues its webhook delivery.
 
     Raises ValueError (a programming error) if ``to`` is not in TRANSITIONS of some
     expected state: the guard must never be able to make an illegal move.
@@ -85,7 +87,13 @@ def _transition(
         .returning(*requests.c)
     )
     row = conn.execute(statement).first()
-    return to_request(row) if row is not None else None
+    if row is None:
+        return None
+    request = to_request(row)
+    if to.is_terminal and request.webhook_url:
+        # Same transaction as the transition: exactly one delivery per terminal state.
+        webhooks.enqueue_delivery(conn, request, now)
+    return request
 
 
 def _next_queued(models: list[str]) -> sa.ScalarSelect[Any]:
@@ -140,6 +148,7 @@ def claim_request(conn: sa.Connection, worker_id: str, models: list[str], lease_
             "attempts": requests.c.attempts + 1,
             "progress_step": None,
             "progress_total": None,
+            "preview_step": None,  # a previous attempt's preview is stale
         },
     )
     if claimed is not None:
@@ -175,10 +184,24 @@ def renew_lease(conn: sa.Connection, request_id: str, worker_id: str, lease_s: f
 
 
 def report_progress(
-    conn: sa.Connection, request_id: str, worker_id: str, step: int, total: int, lease_s: float, now: float
+    conn: sa.Connection,
+    request_id: str,
+    worker_id: str,
+    step: int,
+    total: int,
+    lease_s: float,
+    now: float,
+    preview_step: int | None = None,
 ) -> LeaseState:
-    """Record progress ``step``/``total`` and renew the lease, in one UPDATE."""
-    return _renew(conn, request_id, worker_id, lease_s, now, progress_step=step, progress_total=total)
+    """Record progress ``step``/``total`` and renew the lease, in one UPDATE.
+
+    ``preview_step``: the step of a preview image the worker has just stored; None leaves
+    the recorded one as it is.
+    """
+    values: dict[str, Any] = {"progress_step": step, "progress_total": total}
+    if preview_step is not None:
+        values["preview_step"] = preview_step
+    return _renew(conn, request_id, worker_id, lease_s, now, **values)
 
 
 def _ended(now: float) -> dict[str, Any]:

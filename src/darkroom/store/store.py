@@ -18,10 +18,11 @@ import sqlalchemy as sa
 
 from darkroom.domain import ApiKey, Page, Request, Status, SubmitOptions
 from darkroom.errors import Conflict, RateLimited
-from darkroom.store import database, keys, lifecycle, workers
+from darkroom.store import database, keys, lifecycle, webhooks, workers
 from darkroom.store import requests as requests_
 from darkroom.store.lifecycle import LeaseState
 from darkroom.store.rows import to_request
+from darkroom.store.webhooks import WebhookDelivery
 
 if TYPE_CHECKING:
     from darkroom.settings import Settings
@@ -230,10 +231,15 @@ class Store:
         *,
         lease_s: float,
         now: float | None = None,
+        preview_step: int | None = None,
     ) -> LeaseState:
-        """Record progress and renew the lease in one UPDATE; same answer as renew_lease."""
+        """Record progress and renew the lease in one UPDATE; same answer as renew_lease.
+
+        ``preview_step``, when given, records the step of the preview image just stored.
+        """
         with self._write() as conn:
-            return lifecycle.report_progress(conn, request_id, worker_id, step, total, lease_s, _now(now))
+            return lifecycle.report_progress(conn, request_id, worker_id, step, total, lease_s, _now(now),
+                                             preview_step=preview_step)
 
     def finish_request(
         self, request_id: str, worker_id: str, outcome: dict[str, Any], now: float | None = None
@@ -288,3 +294,46 @@ class Store:
         """Workers that heartbeated within ``within_s`` seconds and serve ``model`` (if given)."""
         with self._read() as conn:
             return workers.active_workers(conn, model, within_s, _now(now))
+
+    # -- webhook deliveries -----------------------------------------------------------
+
+    def claim_webhook_deliveries(
+        self, owner: str, *, lease_s: float, limit: int, now: float | None = None
+    ) -> list[WebhookDelivery]:
+        """Lease up to ``limit`` due webhook deliveries to ``owner``; [] if none is due.
+
+        Looks first in a read transaction, so an idle dispatcher's poll takes no write lock.
+        """
+        now = _now(now)
+        with self._read() as conn:
+            if not webhooks.any_due(conn, now):
+                return []
+        with self._write() as conn:
+            return webhooks.claim_deliveries(conn, owner, lease_s, limit, now)
+
+    def record_webhook_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        delivered: bool,
+        status_code: int | None = None,
+        error: str | None = None,
+        retry_at: float | None = None,
+        now: float | None = None,
+    ) -> WebhookDelivery | None:
+        """Record an attempt by the lease holder: delivered, retry at ``retry_at``, or (neither)
+        failed for good. None if ``owner`` lost the lease to another dispatcher."""
+        with self._write() as conn:
+            return webhooks.record_attempt(conn, delivery_id, owner, delivered=delivered, status_code=status_code,
+                                           error=error, retry_at=retry_at, now=_now(now))
+
+    def release_webhook_deliveries(self, owner: str, now: float | None = None) -> int:
+        """Give up ``owner``'s leases on pending deliveries (clean shutdown); how many."""
+        with self._write() as conn:
+            return webhooks.release_deliveries(conn, owner, _now(now))
+
+    def list_webhook_deliveries(self, request_id: str) -> list[WebhookDelivery]:
+        """A request's webhook deliveries, oldest first."""
+        with self._read() as conn:
+            return webhooks.list_deliveries(conn, request_id)

@@ -2,35 +2,62 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from PIL import Image
 
 from darkroom.engines.params import INPUT_IMAGE_FIELDS
 from darkroom.errors import EngineError, InvalidField, NotFound
 from darkroom.imaging import decode_image
+from darkroom.netguard import NetGuard, UrlNotAllowed, guarded_client
 from darkroom.service import BLOB_PREFIX
 from darkroom.storage import BlobStore
 
+MAX_REDIRECTS = 5
 
-def fetch_url(url: str, *, max_bytes: int, timeout_s: float) -> bytes:
-    """GET an image URL with a size cap and a timeout."""
+
+def fetch_url(url: str, *, max_bytes: int, timeout_s: float, guard: NetGuard | None = None) -> bytes:
+    """GET an image URL with a size cap and a timeout (per read and for the whole download),
+    through the SSRF guard.
+
+    ``guard`` None is the strict default (no allow-list). Every connection, the first and
+    each redirect's (at most MAX_REDIRECTS), is checked when it is opened, so a name that
+    was public at submit time and resolves to a private address now is refused. Raises
+    EngineError(code=invalid_input_image).
+    """
+    guard = guard or NetGuard()
     try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as resp:
-            resp.raise_for_status()
-            chunks, size = [], 0
-            for chunk in resp.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
+        guard.check_url(url, "input_image")  # scheme and host, with a clear message
+        with guarded_client(guard, timeout=timeout_s, follow_redirects=True, max_redirects=MAX_REDIRECTS) as client:
+            with client.stream("GET", url) as resp:
+                resp.raise_for_status()
+                declared = resp.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
                     raise EngineError(f"input image at {url} is larger than {max_bytes} bytes",
                                       code="invalid_input_image")
-                chunks.append(chunk)
-            return b"".join(chunks)
+                chunks, size = [], 0
+                deadline = time.monotonic() + timeout_s  # the httpx timeout is per read: cap the whole download
+                for chunk in resp.iter_bytes():
+                    if time.monotonic() > deadline:
+                        raise EngineError(f"input image at {url} took over {timeout_s:g} s to download",
+                                          code="invalid_input_image")
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise EngineError(f"input image at {url} is larger than {max_bytes} bytes",
+                                          code="invalid_input_image")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except UrlNotAllowed as exc:
+        raise EngineError(f"input image {url} may not be fetched: {exc.message}", code="invalid_input_image") from exc
     except httpx.HTTPError as exc:
         raise EngineError(f"could not fetch input image {url}: {exc}", code="invalid_input_image") from exc
 
 
-def load_input_images(payload: dict, blobs: BlobStore, *, max_bytes: int, timeout_s: float = 30.0) -> tuple[Image.Image, ...]:
-    """Decoded input images in field order; raises EngineError(code=invalid_input_image)."""
+def load_input_images(payload: dict, blobs: BlobStore, *, max_bytes: int, timeout_s: float = 30.0,
+                      guard: NetGuard | None = None) -> tuple[Image.Image, ...]:
+    """Decoded input images in field order; URLs are fetched through ``guard`` (see
+    ``fetch_url``). Raises EngineError(code=invalid_input_image)."""
     images = []
     for field in INPUT_IMAGE_FIELDS:
         value = payload.get(field)
@@ -40,7 +67,7 @@ def load_input_images(payload: dict, blobs: BlobStore, *, max_bytes: int, timeou
             if value.startswith(BLOB_PREFIX):
                 raw = blobs.get(value[len(BLOB_PREFIX):])
             else:
-                raw = fetch_url(value, max_bytes=max_bytes, timeout_s=timeout_s)
+                raw = fetch_url(value, max_bytes=max_bytes, timeout_s=timeout_s, guard=guard)
             images.append(decode_image(raw, f"payload.{field}"))
         except (InvalidField, NotFound) as exc:
             raise EngineError(f"payload.{field}: {exc}", code="invalid_input_image") from exc

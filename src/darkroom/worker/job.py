@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from darkroom.domain import Request
-from darkroom.engines.base import Engine, GenerationJob
+from darkroom.engines.base import PREVIEW_MAX_SIDE, Engine, GenerationJob, Preview
 from darkroom.engines.params import parse_aspect_ratio
 from darkroom.engines.registry import ModelSpec
 from darkroom.errors import EngineError
 from darkroom.imaging import encode_image, size_for_aspect
+from darkroom.netguard import NetGuard
 from darkroom.prompts import PromptUpsampler
 from darkroom.safety import Moderator, Verdict
-from darkroom.service import result_key
+from darkroom.service import preview_key, result_key
 from darkroom.settings import Settings
 from darkroom.storage import BlobStore
 from darkroom.store import Store
@@ -27,6 +28,24 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2147483647
 PROGRESS_EVERY_S = 0.25  # at most this often per request, so fast CPU steps don't hammer the DB
+PREVIEW_EVERY_S = 1.0  # at most one preview a second per request
+PREVIEW_SHARE = 0.2  # and previews take at most about this share of a run's time (a VAE decode is not free)
+
+
+@dataclass
+class PreviewPacer:
+    """When to make a step preview: every ``every`` steps (0: never), not on the last step
+    (the result follows), and spaced so they cost at most PREVIEW_SHARE of the time."""
+
+    every: int
+    next_at: float = 0.0  # time.monotonic() before which no preview is due
+    written: bool = False
+
+    def due(self, step: int, total: int, now: float) -> bool:
+        return self.every > 0 and step % self.every == 0 and step < total and now >= self.next_at
+
+    def spent(self, started: float, ended: float) -> None:
+        self.next_at = started + max(PREVIEW_EVERY_S, (ended - started) / PREVIEW_SHARE)
 
 
 class Moderated(EngineError):
@@ -45,8 +64,9 @@ class JobRunner:
     def run(self, request: Request, spec: ModelSpec, engine: Engine) -> None:
         """Take a claimed request to a terminal state (or leave it if our lease was lost)."""
         with LeaseKeeper(self.store, request.id, self.worker_id, self.settings.lease_s) as lease:
+            previews = PreviewPacer(every=self.settings.preview_every_steps)
             try:
-                self._run(request, spec, engine, lease)
+                self._run(request, spec, engine, lease, previews)
             except EngineError as exc:
                 log.info("request %s failed: %s (%s)", request.id, exc.message, exc.code)
                 if not lease.lost.is_set():
@@ -56,6 +76,11 @@ class JobRunner:
                 if not lease.lost.is_set():
                     self.store.fail_request(request.id, self.worker_id,
                                             {"code": "engine_error", "message": f"{type(exc).__name__}: {exc}"})
+            finally:
+                # A preview is only shown while processing; once the request has ended
+                # (or another worker has it, and writes its own) ours is garbage.
+                if previews.written and not lease.lost.is_set():
+                    self.blobs.delete(preview_key(request.id))
 
     def _check(self, verdict: Verdict, code: str, what: str) -> None:
         if not verdict.allowed:
@@ -63,7 +88,24 @@ class JobRunner:
             raise Moderated(f"{what} was blocked by moderation at safety_tolerance {verdict.level} ({reasons})",
                             code=code)
 
-    def _run(self, request: Request, spec: ModelSpec, engine: Engine, lease: LeaseKeeper) -> None:
+    def _write_preview(self, request_id: str, preview: Preview, pacer: PreviewPacer) -> bool:
+        """Store a preview JPEG (overwriting the last); False if the engine could not make one."""
+        started = time.monotonic()
+        try:
+            image = preview().convert("RGB")
+            image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))  # engines should already; cheap to be sure
+            self.blobs.put(preview_key(request_id), encode_image(image, "jpeg"), "image/jpeg")
+        except Exception:  # a preview is a nicety: never fail the request for one
+            log.warning("no preview for %s; previews off for this run", request_id, exc_info=True)
+            pacer.every = 0
+            return False
+        finally:
+            pacer.spent(started, time.monotonic())
+        pacer.written = True
+        return True
+
+    def _run(self, request: Request, spec: ModelSpec, engine: Engine, lease: LeaseKeeper,
+             previews: PreviewPacer) -> None:
         started = time.time()
         payload: dict[str, Any] = request.payload
         tolerance = int(payload.get("safety_tolerance", 2))
@@ -71,7 +113,8 @@ class JobRunner:
 
         # Input moderation comes before any engine time is spent.
         self._check(self.moderator.check_text(prompt, tolerance), "input_moderated", "the prompt")
-        images = load_input_images(payload, self.blobs, max_bytes=self.settings.max_image_bytes)
+        images = load_input_images(payload, self.blobs, max_bytes=self.settings.max_image_bytes,
+                                   guard=NetGuard.from_settings(self.settings))
         for image in images:
             self._check(self.moderator.check_image(image, tolerance), "input_moderated", "an input image")
 
@@ -94,13 +137,16 @@ class JobRunner:
 
         last_report = 0.0
 
-        def on_step(request_id: str, step: int, total: int) -> bool:
+        def on_step(request_id: str, step: int, total: int, preview: Preview | None = None) -> bool:
             nonlocal last_report
             now = time.monotonic()
-            if step == total or now - last_report >= PROGRESS_EVERY_S:
+            preview_step = None
+            if preview is not None and previews.due(step, total, now):
+                preview_step = step if self._write_preview(request_id, preview, previews) else None
+            if preview_step is not None or step == total or now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
                 state = self.store.report_progress(request_id, self.worker_id, step, total,
-                                                  lease_s=self.settings.lease_s)
+                                                  lease_s=self.settings.lease_s, preview_step=preview_step)
                 lease.observe(state.owned, state.cancel_requested)
             return not (lease.cancelled.is_set() or lease.lost.is_set())
 

@@ -126,7 +126,7 @@ def build_worker(settings: Settings) -> Worker:
     return Worker(
         settings,
         store,
-        load_registry(settings.resolved_models_file()),
+        load_registry(settings.resolved_models_file(), aliases=settings.aliases),
         LocalBlobStore(settings.data_dir / "blobs"),
         moderator=Moderator(image_detector=settings.image_moderation, encoder=encoder),
         upsampler=PromptUpsampler(chat_url=settings.upsampler_url, chat_model=settings.upsampler_model,
