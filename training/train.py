@@ -216,7 +216,7 @@ class Pool:
 # ---------------------------------------------------------------------------
 # Transformer step (mirrors FluxPipeline / FluxKontextPipeline exactly)
 # ---------------------------------------------------------------------------
-def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator):
+def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift: float = 1.0):
     B, C, h, w = z.shape
     P = FluxPipeline
     x0 = P._pack_latents(z, B, C, h, w)
@@ -225,7 +225,8 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator):
     noise = torch.randn(x0.shape, generator=gen)
     u = torch.rand(B, generator=gen)
     ln = torch.sigmoid(torch.randn(B, generator=gen) * 1.0)
-    s = torch.where(u < 0.8, ln, torch.rand(B, generator=gen)).clamp(1e-3, 1.0)
+    s = torch.where(u < 0.8, ln, torch.rand(B, generator=gen))
+    s = (train_shift * s / (1 + (train_shift - 1) * s)).clamp(1e-3, 1.0)  # same shift as the scheduler
     xt = (1 - s[:, None, None]) * x0 + s[:, None, None] * noise
     hidden = xt
     if ctx is not None:
@@ -267,6 +268,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument("--train-shift", type=float, default=2.0, help="timestep shift for training noise levels")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -375,7 +377,7 @@ def main(argv=None):
                 pooled[drop] = empty_pooled[0].float()
                 if ctx is not None:
                     z[drop] = ctx[drop]
-        loss = flow_loss(transformer, pe, pooled, z, ctx, gen)
+        loss = flow_loss(transformer, pe, pooled, z, ctx, gen, args.train_shift)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)

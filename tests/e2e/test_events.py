@@ -24,7 +24,7 @@ from darkroom.domain import Status
 ROOT = "/api/v1/ie/requestqueue"
 BASE = ROOT + "/apikey"
 # Long enough for several 0.5 s polls to see different steps, even on a fast machine.
-STEPS = 30
+STEPS = 300  # several seconds of work, so the stream sees more than one step
 
 
 @dataclass
