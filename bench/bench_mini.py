@@ -57,7 +57,8 @@ def main():
     all_t = []
     for asp in world.ASPECTS:
         W, H = world.ASPECTS[asp]
-        tw, th = fit_size(W, H, 1.0)
+        aw, ah = (int(v) for v in asp.split(":"))
+        tw, th = fit_size(aw, ah, 1.0)
         ts = []
         for i in range(args.runs):
             t0 = time.perf_counter()

@@ -458,24 +458,27 @@ def evaluate_model(model_dir, n_per_cat=25, n_edits=20, steps=None, cfg=None, ed
     res: dict = {"steps": steps or bp.DEFAULT_STEPS, "cfg": cfg, "edit_cfg": edit_cfg}
     t0 = time.time()
     for split in ("heldout", "paraphrase"):
-        per = {}
+        per, partial = {}, []
         for i, (cap, spec, scene) in enumerate(sets[split]):
             img = generate(pipe, cap, scene.aspect, seed=seed + i, steps=steps, cfg=cfg)
             r = score(img, spec)
             per.setdefault(spec["category"], []).append(r["correct"])
+            partial.append(float(np.mean(list(r["checks"].values()))) if r["checks"] else 0.0)
             if save_dir and i % 5 == 0:
                 Path(save_dir).mkdir(parents=True, exist_ok=True)
                 img.save(Path(save_dir) / f"{split}_{i:03d}_{int(r['correct'])}.png")
         res[split] = {"overall": float(np.mean([x for v in per.values() for x in v])),
                       "per_category": {k: float(np.mean(v)) for k, v in per.items()},
+                      "checks_passed": float(np.mean(partial)),
                       "n": sum(len(v) for v in per.values())}
         log(f"{split}: {json.dumps(res[split])} ({time.time() - t0:.0f}s)")
-    per, ps = {}, []
+    per, ps, partial = {}, [], []
     for i, (ins, src, tgt, spec) in enumerate(sets["edits"]):
         s_img, t_img = world.render_pair(src, tgt)
         out = edit(kpipe, ins, s_img, seed=seed + i, steps=steps, cfg=edit_cfg)
         r = score_edit(out, s_img, t_img, spec)
         per.setdefault(spec["edit"], []).append(r["correct"])
+        partial.append(float(np.mean(list(r["checks"].values()))) if r["checks"] else 0.0)
         if not math.isnan(r["psnr"]):
             ps.append(r["psnr"])
         if save_dir and i % 5 == 0:
@@ -483,6 +486,7 @@ def evaluate_model(model_dir, n_per_cat=25, n_edits=20, steps=None, cfg=None, ed
     res["edits"] = {"correct": float(np.mean([x for v in per.values() for x in v])),
                     "per_kind": {k: float(np.mean(v)) for k, v in per.items()},
                     "psnr_untouched_mean": float(np.mean(ps)), "psnr_untouched_median": float(np.median(ps)),
+                    "checks_passed": float(np.mean(partial)),
                     "n": sum(len(v) for v in per.values())}
     log(f"edits: {json.dumps(res['edits'])} ({time.time() - t0:.0f}s)")
     return res

@@ -57,7 +57,7 @@ def main(argv=None):
         row = []
         for i, p in enumerate(PROMPTS):
             img = generate(pipe, p, asp, seed=i)
-            up = upscale_to(img, *fit_size(W, H))
+            up = upscale_to(img, *fit_size(*(int(v) for v in asp.split(":"))))
             if first_1mp is None:
                 first_1mp = up
             row.append(up.resize((max(1, round(ch * W / H)), ch), Image.LANCZOS))

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from darkroom.errors import EngineError
+from darkroom.errors import EngineError, ModelUnavailable
 
 LOCAL_KEY_NAME = "local-cli"
 
@@ -54,10 +54,15 @@ def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tupl
     from darkroom.worker.runner import build_worker
 
     service = Service.from_settings(settings)
+    spec = service.registry.get(model or service.registry.default or service.registry.ids()[0])
+    if spec.is_local and not spec.available():
+        # No worker in this process could ever take the request: say so instead of waiting.
+        raise ModelUnavailable(f"model {spec.id} has no weights at {spec.path} (see docs/models.md; "
+                               "darkroom-mini is trained with `python -m training.train`)")
     key = next((k for k in service.store.list_keys() if k.name == LOCAL_KEY_NAME and k.active), None)
     if key is None:
         key, _ = service.store.create_key(LOCAL_KEY_NAME)
-    request = service.submit(key, model or service.registry.default or service.registry.ids()[0], payload).request
+    request = service.submit(key, spec.id, payload).request
     worker = build_worker(settings)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)

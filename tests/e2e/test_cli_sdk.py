@@ -70,3 +70,19 @@ def test_cli_models_and_key_revocation(deployment) -> None:
     assert secret not in run_cli(["keys", "list"], deployment.env)
     run_cli(["keys", "revoke", "temp"], deployment.env)
     assert httpx.get(url, headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+
+def test_cli_generate_without_weights_says_so(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from darkroom.testing.server import darkroom_env
+
+    registry = tmp_path / "models.toml"
+    registry.write_text('default = "ghost"\n[models.ghost]\npipeline = "flux"\npath = "ghost-weights"\n')
+    proc = subprocess.run([sys.executable, "-m", "darkroom.cli", "generate", "a red circle", "-o",
+                           str(tmp_path / "x.png")], env=darkroom_env(tmp_path / "data", registry),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "model ghost has no weights" in proc.stderr and "model_unavailable" in proc.stderr
+    assert not (tmp_path / "x.png").exists()
