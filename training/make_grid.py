@@ -91,9 +91,12 @@ def main(argv=None):
         grid.paste(o, (x + ch + 2, y + 2 * lab))
         x += 2 * ch + 3 * pad
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    grid.save(args.out, optimize=True)
+    def _small(im):  # flat-colour images: a 256-colour palette keeps the repo small
+        return im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+
+    _small(grid).save(args.out, optimize=True)
     if args.sample_1mp and first_1mp is not None:
-        first_1mp.save(args.sample_1mp, optimize=True)
+        _small(first_1mp).save(args.sample_1mp, optimize=True)
     print("wrote", args.out)
 
 
