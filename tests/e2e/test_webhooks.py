@@ -20,10 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from darkroom.testing.server import Server, create_key, darkroom_env, run_cli, wait_for
+from darkroom.testing.api import Api, Deployment, start_deployment
+from darkroom.testing.server import run_cli, wait_for
 from darkroom.webhooks import generate_secret
-
-BASE = "/api/v1/ie/requestqueue/apikey"
 
 WEBHOOK_ENV = {
     "DARKROOM_URL_ALLOWLIST": "127.0.0.0/8",
@@ -52,54 +51,6 @@ class Receiver:
 
     def answer(self) -> int:
         return self.script.pop(0) if self.script else self.then
-
-
-@dataclass
-class Api:
-    """Just enough of a client for one key (conftest's own is not importable from here)."""
-
-    url: str
-    key: str
-
-    def post(self, path: str, json: Any = None) -> httpx.Response:
-        return httpx.post(f"{self.url}{BASE}{path}", json=json, headers=self._auth, timeout=30)
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.url}{BASE}{path}", headers=self._auth, timeout=30)
-
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def status(self, rid: str) -> dict:
-        resp = self.get(f"/requests/{rid}")
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def wait(self, rid: str, timeout: float = 180) -> dict:
-        return wait_for(lambda: (s := self.status(rid))["status"] in ("success", "failed", "cancelled") and s,
-                        timeout=timeout, what=f"{rid} to finish")
-
-
-@dataclass
-class Deployment:
-    server: Server
-    env: dict[str, str]
-    data_dir: Path
-    a: Api
-    b: Api
-
-    def restart(self, log: Path) -> None:
-        self.server.stop()
-        self.server = Server(self.env, log, worker="--no-worker" not in self.server.args).start()
-        self.a, self.b = Api(self.server.url, self.a.key), Api(self.server.url, self.b.key)
-
-
-def start_deployment(tmp_path: Path, tiny_models: Path, *, worker: bool = True, **env: str) -> Deployment:
-    environ = darkroom_env(tmp_path / "data", tiny_models, **env)
-    key_a, key_b = create_key(environ, "alice"), create_key(environ, "bob")
-    server = Server(environ, tmp_path / "serve.log", worker=worker).start()
-    return Deployment(server, environ, tmp_path / "data", Api(server.url, key_a), Api(server.url, key_b))
 
 
 @pytest.fixture
