@@ -1,17 +1,18 @@
 """Train darkroom-mini from scratch (one seeded command).
 
-    python -m training.train --out models/darkroom-mini --seed 0 [--hours 1.75] [--resume]
+    python -m training.train --out models/darkroom-mini --seed 0 [--hours 1.95] [--resume]
     python -m training.train --smoke --out /tmp/mini-smoke        # CI: tiny, < 1 min
 
 Stages (all in this one process, resumable):
-  1. VAE (AutoencoderKL, /8, 8 latent channels) on rendered scenes; latent
-     shift/scale computed from data and written into the VAE config.
-  2. FluxTransformer2DModel with rectified flow (x_t = (1-s) x0 + s n,
+  1. FluxTransformer2DModel with rectified flow (x_t = (1-s) x0 + s n,
      target n - x0, timestep=s as FluxPipeline passes t/1000), mixed
      text-to-image and Kontext edit samples (context latents appended with
      image ids whose first coordinate is 1, exactly as FluxKontextPipeline).
-     Training data is generated on the fly in chunks (render -> VAE encode ->
-     text encode through FluxPipeline.encode_prompt) into a rolling pool.
+     Training data is generated on the fly into a rolling pool (render ->
+     analytic VAE latents -> one MiniLM pass giving exactly what
+     FluxPipeline.encode_prompt gives).
+  2. The VAE decoder (its encoder is analytic, see analytic_vae.py), unless
+     --decoder-from names one trained separately (--decoder-only).
 Checkpoints: <run>/ckpt.pt every --ckpt-min minutes; pipeline exports in
 <run>/export (EMA weights); final export into --out.
 """
@@ -27,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-# Under CPU contention (other processes on the same 2 cores) spinning OpenMP
-# threads are 4-5x slower than sleeping ones; must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy is left to the environment: on an otherwise idle CPU the default
+# (spin, then sleep) was ~20% faster than PASSIVE (727 vs 919 ms per batch of 32, width 192);
+# when other processes share the cores, OMP_WAIT_POLICY=PASSIVE avoids a 4-5x slowdown.
 
 import numpy as np
 import torch
@@ -142,9 +143,24 @@ class Pool:
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]):
+        """Text embeddings exactly as ``FluxPipeline.encode_prompt`` computes them, in one encoder pass.
+
+        Both slots hold the same MiniLM and both tokenizers pad to 32 tokens, so the CLIP slot's
+        ``pooler_output`` and the T5 slot's ``last_hidden_state`` come from the same forward pass;
+        ``encode_prompt`` runs it twice (half of the data cost). ``check_text_encoding`` asserts
+        the equality."""
+        ids = self.pipe.tokenizer_2(prompts, padding="max_length", max_length=self.max_len, truncation=True,
+                                    return_tensors="pt").input_ids
+        out = self.pipe.text_encoder_2(ids, output_hidden_states=False)
+        return out.last_hidden_state.to(torch.float16), out.pooler_output.to(torch.float16)
+
+    @torch.no_grad()
+    def check_text_encoding(self, prompts: list[str]):
         pe, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=torch.device("cpu"),
                                                 max_sequence_length=self.max_len)
-        return pe.to(torch.float16), pooled.to(torch.float16)
+        pe1, pooled1 = self.encode_text(prompts)
+        assert torch.equal(pe.to(torch.float16), pe1) and torch.equal(pooled.to(torch.float16), pooled1), \
+            "one-pass text encoding differs from FluxPipeline.encode_prompt"
 
     def empty(self):
         if self._empty is None:
@@ -249,15 +265,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--hours", type=float, default=1.75, help="total wall-clock budget incl. VAE")
-    ap.add_argument("--dec-minutes", type=float, default=20.0,
+    ap.add_argument("--hours", type=float, default=1.95, help="total wall-clock budget incl. VAE")
+    ap.add_argument("--dec-minutes", type=float, default=28.0,
                     help="VAE decoder training budget (stage 2, after the transformer; inside --hours)")
     ap.add_argument("--decoder-only", action="store_true",
                     help="only train the VAE decoder (writes <run>/decoder.pt); can run in parallel")
     ap.add_argument("--decoder-from", default=None,
                     help="use a decoder state dict trained separately (skips the decoder stage)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--heads", type=int, default=bp.TRANSFORMER_CFG["num_attention_heads"],
+                    help="attention heads of 32 dims (width = 32 x heads)")
+    ap.add_argument("--double", type=int, default=bp.TRANSFORMER_CFG["num_layers"], help="double-stream blocks")
+    ap.add_argument("--single", type=int, default=bp.TRANSFORMER_CFG["num_single_layers"], help="single-stream blocks")
     ap.add_argument("--edit-frac", type=float, default=0.3)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
@@ -267,7 +287,7 @@ def main(argv=None):
     ap.add_argument("--ckpt-min", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ema", type=float, default=0.998)
-    ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--train-shift", type=float, default=2.0, help="timestep shift for training noise levels")
     args = ap.parse_args(argv)
 
@@ -303,13 +323,21 @@ def main(argv=None):
         vae.register_to_config(shift_factor=shift, scaling_factor=scale)
         log(f"latent shift {shift:.4f} scale {scale:.4f}")
     if args.decoder_only:
+        if args.decoder_from:  # continue a decoder trained earlier (the latent space never changes)
+            vae.load_state_dict(torch.load(args.decoder_from, map_location="cpu"))
+            log(f"decoder continues from {args.decoder_from}")
         train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
                       max_steps=2 if args.smoke else None, save_to=run / "decoder.pt")
         log("decoder done")
         return
     vae.eval().requires_grad_(False)
 
-    transformer = bp.make_transformer()
+    if state is not None and "args" in state:  # a resumed run keeps its architecture
+        for k in ("heads", "double", "single"):
+            if k in state["args"]:
+                setattr(args, k, state["args"][k])
+    transformer = bp.make_transformer(num_attention_heads=args.heads, num_layers=args.double,
+                                      num_single_layers=args.single)
     pipe = bp.assemble(transformer, vae, text_encoder=enc)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     opt = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -329,6 +357,7 @@ def main(argv=None):
     init_n = 48 if args.smoke else args.init_pool
     pool.generate(init_n, data_rng, args.edit_frac)
     empty_pe, empty_pooled = pool.empty()
+    pool.check_text_encoding(["a crimson ball above a navy box", bp.NEGATIVE_PROMPT, "make the red star blue"])
     log(f"initial pool {pool.n} samples in {time.time() - t0:.1f}s")
 
     budget = args.hours * 3600 - (0 if args.decoder_from else args.dec_minutes * 60)
@@ -379,8 +408,14 @@ def main(argv=None):
                     z[drop] = ctx[drop]
         loss = flow_loss(transformer, pe, pooled, z, ctx, gen, args.train_shift)
         opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):  # an unattended run must not die (or poison the EMA) on one bad batch
+            log(f"step {step}: non-finite loss, batch skipped")
+            continue
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        gnorm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        if not torch.isfinite(gnorm):
+            log(f"step {step}: non-finite gradient, batch skipped")
+            continue
         opt.step()
         step += 1
         n_seen += z.shape[0]
