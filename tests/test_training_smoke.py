@@ -123,3 +123,55 @@ def test_smoke_training_and_pipeline_load(tmp_path):
     assert e.size == (W, H)
     # resume works
     train.main(["--smoke", "--resume", "--out", str(out), "--run", str(tmp_path / "run")])
+
+
+def test_adaln_zero_init_starts_every_block_as_identity():
+    import torch
+
+    from training import build_pipeline as bp
+
+    torch.manual_seed(0)
+    model = bp.make_transformer(init="adaln-zero", num_layers=1, num_single_layers=1)
+    B, N = 2, 64
+    out = model(hidden_states=torch.randn(B, N, 48), timestep=torch.rand(B), guidance=None,
+                pooled_projections=torch.randn(B, 384), encoder_hidden_states=torch.randn(B, 8, 384),
+                txt_ids=torch.zeros(8, 3), img_ids=torch.zeros(N, 3), return_dict=False)[0]
+    assert out.shape == (B, N, 48) and torch.count_nonzero(out) == 0
+    # the default init is diffusers' own: its first prediction is not zero
+    assert torch.count_nonzero(bp.make_transformer(num_layers=1, num_single_layers=1).proj_out.weight) > 0
+    with pytest.raises(ValueError, match="unknown init"):
+        bp.make_transformer(init="orthogonal")
+
+
+def test_one_pass_text_encoding_equals_encode_prompt():
+    from training import build_pipeline as bp
+    from training.train import Pool
+
+    pipe = bp.assemble(bp.make_transformer(num_layers=1, num_single_layers=1), bp.make_vae(),
+                       text_encoder=bp.load_text_encoder())
+    pool = Pool(pipe, bp.MAX_SEQ, cap=16)
+    pool.check_text_encoding(["a crimson ball above a navy box", "", "make the red star blue"])  # raises if not
+    pe, pooled = pool.encode_text(["two yellow stars"])
+    assert pe.shape == (1, bp.MAX_SEQ, 384) and pooled.shape == (1, 384)
+
+
+def test_rendering_workers_give_the_same_data():
+    import torch
+
+    from training import build_pipeline as bp
+    from training.train import Pool
+
+    pipe = bp.assemble(bp.make_transformer(num_layers=1, num_single_layers=1), bp.make_vae(),
+                       text_encoder=bp.load_text_encoder())
+    pools = [Pool(pipe, bp.MAX_SEQ, cap=1000, workers=w) for w in (0, 2)]
+    try:
+        for p in pools:
+            p.generate(36, random.Random(5), edit_frac=0.3)
+        a, b = pools
+        assert a.n == b.n > 0 and a.buckets.keys() == b.buckets.keys()
+        for key in a.buckets:
+            for field in ("pe", "pooled", "z"):
+                assert all(torch.equal(x, y) for x, y in zip(a.buckets[key][field], b.buckets[key][field]))
+    finally:
+        for p in pools:
+            p.close()

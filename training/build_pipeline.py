@@ -61,10 +61,24 @@ def make_tokenizer(max_len: int = MAX_SEQ):
     return tok
 
 
-def make_transformer(**over):
+def make_transformer(init: str = "default", **over):
+    """A fresh FluxTransformer2DModel. ``init="adaln-zero"`` zeroes every adaptive-norm modulation and
+    the output projection (DiT's adaLN-Zero): each block starts as the identity and the model's first
+    prediction is 0, which DiT found to train markedly faster than diffusers' default init."""
     from diffusers import FluxTransformer2DModel
 
-    return FluxTransformer2DModel(**{**TRANSFORMER_CFG, **over})
+    model = FluxTransformer2DModel(**{**TRANSFORMER_CFG, **over})
+    if init == "adaln-zero":
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if type(module).__name__ in ("AdaLayerNormZero", "AdaLayerNormZeroSingle", "AdaLayerNormContinuous"):
+                    module.linear.weight.zero_()
+                    module.linear.bias.zero_()
+            model.proj_out.weight.zero_()
+            model.proj_out.bias.zero_()
+    elif init != "default":
+        raise ValueError(f"unknown init {init!r}")
+    return model
 
 
 def make_vae():
@@ -95,8 +109,8 @@ def save_pipeline(transformer, vae, out: str | os.PathLike, extra_meta: dict | N
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t16 = copy.deepcopy(transformer).to(torch.float16)
-    v16 = copy.deepcopy(vae).to(torch.float16)
+    t16 = copy.deepcopy(transformer).to("cpu", torch.float16)
+    v16 = copy.deepcopy(vae).to("cpu", torch.float16)
     pipe = assemble(t16, v16, text_encoder=None)
     pipe.save_pretrained(str(out), safe_serialization=True)
     meta = {

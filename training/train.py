@@ -129,17 +129,70 @@ def train_decoder(vae, minutes: float, rng: random.Random, batch: int = 4, lr: f
 # ---------------------------------------------------------------------------
 # Data pool
 # ---------------------------------------------------------------------------
-class Pool:
-    """Rolling pool of encoded samples, bucketed by (kind, aspect)."""
+_TOKENIZER = None
 
-    def __init__(self, pipe: FluxPipeline, max_len: int, cap: int):
+
+def _caption_fits(text: str, max_len: int) -> bool:
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        _TOKENIZER = bp.make_tokenizer(max_len)
+    return len(_TOKENIZER(text).input_ids) <= max_len
+
+
+def render_chunk(job: tuple) -> tuple:
+    """Render one chunk of training samples: (seed, kind, aspect, k, max_len) -> (kind, aspect,
+    captions, target images, context images). A top-level function so that --data-workers
+    processes can run it; the chunk's own seed makes the data independent of the worker count."""
+    seed, kind, asp, k, max_len = job
+    rng = random.Random(seed)
+    caps, tg, ctx = [], [], []
+    while len(caps) < k:
+        if kind == "t2i":
+            cap, _, sc = world.sample_t2i(rng, "train", aspect=asp)
+            if not _caption_fits(cap, max_len):
+                continue
+            caps.append(cap)
+            tg.append(np.asarray(world.render(sc)))
+        else:
+            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp)
+            if not _caption_fits(ins, max_len):
+                continue
+            s_img, t_img = world.render_pair(src, tgt)
+            caps.append(ins)
+            tg.append(np.asarray(t_img))
+            ctx.append(np.asarray(s_img))
+    return kind, asp, caps, tg, ctx
+
+
+class Pool:
+    """Rolling pool of encoded samples, bucketed by (kind, aspect).
+
+    Rendering runs in this process or, with ``workers > 0``, in a process pool one refresh ahead
+    (what a GPU run needs: there the 2-core render would starve the device). Text encoding runs on
+    ``device``; the pool itself stays in host memory as fp16."""
+
+    def __init__(self, pipe: FluxPipeline, max_len: int, cap: int, workers: int = 0,
+                 device: torch.device | str = "cpu"):
         self.pipe = pipe
         self.max_len = max_len
         self.cap = cap
+        self.device = torch.device(device)
         self.buckets: dict[tuple, dict[str, list]] = {}
         self.n = 0
         self.generated = 0
         self._empty = None
+        self._procs = None
+        self._pending = None
+        if workers > 0:
+            import multiprocessing
+
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            self._procs = multiprocessing.get_context("spawn").Pool(workers)
+
+    def close(self):
+        if self._procs is not None:
+            self._procs.terminate()
+            self._procs = None
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]):
@@ -150,16 +203,16 @@ class Pool:
         ``encode_prompt`` runs it twice (half of the data cost). ``check_text_encoding`` asserts
         the equality."""
         ids = self.pipe.tokenizer_2(prompts, padding="max_length", max_length=self.max_len, truncation=True,
-                                    return_tensors="pt").input_ids
+                                    return_tensors="pt").input_ids.to(self.device)
         out = self.pipe.text_encoder_2(ids, output_hidden_states=False)
-        return out.last_hidden_state.to(torch.float16), out.pooler_output.to(torch.float16)
+        return out.last_hidden_state.to("cpu", torch.float16), out.pooler_output.to("cpu", torch.float16)
 
     @torch.no_grad()
     def check_text_encoding(self, prompts: list[str]):
-        pe, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=torch.device("cpu"),
+        pe, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device,
                                                 max_sequence_length=self.max_len)
         pe1, pooled1 = self.encode_text(prompts)
-        assert torch.equal(pe.to(torch.float16), pe1) and torch.equal(pooled.to(torch.float16), pooled1), \
+        assert torch.equal(pe.to("cpu", torch.float16), pe1) and torch.equal(pooled.to("cpu", torch.float16), pooled1), \
             "one-pass text encoding differs from FluxPipeline.encode_prompt"
 
     def empty(self):
@@ -175,46 +228,47 @@ class Pool:
         z = (z - vae.config.shift_factor) * vae.config.scaling_factor
         return z.to(torch.float16)
 
-    def _fits(self, text: str) -> bool:
-        return len(self.pipe.tokenizer(text).input_ids) <= self.max_len
-
-    @torch.no_grad()
-    def generate(self, n: int, rng: random.Random, edit_frac: float):
+    def _jobs(self, n: int, rng: random.Random, edit_frac: float) -> list[tuple]:
         per_aspect = max(1, n // (len(world.ASPECTS) * 2))
+        jobs = []
         for asp in world.ASPECTS:
             for kind in ("t2i", "edit"):
                 k = int(round(per_aspect * 2 * (edit_frac if kind == "edit" else 1 - edit_frac)))
-                if k == 0:
-                    continue
-                caps, tg, ctx = [], [], []
-                while len(caps) < k:
-                    if kind == "t2i":
-                        cap, spec, sc = world.sample_t2i(rng, "train", aspect=asp)
-                        if not self._fits(cap):
-                            continue
-                        caps.append(cap)
-                        tg.append(world.render(sc))
-                    else:
-                        ins, src, tgt, spec = world.sample_edit(rng, aspect=asp)
-                        if not self._fits(ins):
-                            continue
-                        caps.append(ins)
-                        s_img, t_img = world.render_pair(src, tgt)
-                        tg.append(t_img)
-                        ctx.append(s_img)
-                pe, pooled = self.encode_text(caps)
-                zt = self.encode_images(tg)
-                zc = self.encode_images(ctx) if ctx else None
-                b = self.buckets.setdefault((kind, asp), {"pe": [], "pooled": [], "z": [], "ctx": []})
-                for i in range(k):
-                    b["pe"].append(pe[i]); b["pooled"].append(pooled[i]); b["z"].append(zt[i])
-                    b["ctx"].append(zc[i] if zc is not None else None)
-                overflow = len(b["z"]) - self.cap // (len(world.ASPECTS) * 2)
-                if overflow > 0:
-                    for key in b:
-                        del b[key][:overflow]
-                self.generated += k
+                if k:
+                    jobs.append((rng.getrandbits(63), kind, asp, k, self.max_len))
+        return jobs
+
+    @torch.no_grad()
+    def generate(self, n: int, rng: random.Random, edit_frac: float):
+        """Add about ``n`` new samples. With worker processes the chunks rendered since the last
+        call are encoded now and the next ones start rendering, so training never waits on them
+        (after the first call, which waits)."""
+        jobs = self._jobs(n, rng, edit_frac)
+        if self._procs is None:
+            chunks = map(render_chunk, jobs)
+        else:
+            if self._pending is None:
+                self._pending = self._procs.map_async(render_chunk, jobs)
+                jobs = self._jobs(n, rng, edit_frac)
+            chunks = self._pending.get()
+            self._pending = self._procs.map_async(render_chunk, jobs)
+        for kind, asp, caps, tg, ctx in chunks:
+            self._add(kind, asp, caps, tg, ctx)
         self.n = sum(len(b["z"]) for b in self.buckets.values())
+
+    def _add(self, kind, asp, caps, tg, ctx):
+        pe, pooled = self.encode_text(caps)
+        zt = self.encode_images(tg)
+        zc = self.encode_images(ctx) if ctx else None
+        b = self.buckets.setdefault((kind, asp), {"pe": [], "pooled": [], "z": [], "ctx": []})
+        for i in range(len(caps)):
+            b["pe"].append(pe[i]); b["pooled"].append(pooled[i]); b["z"].append(zt[i])
+            b["ctx"].append(zc[i] if zc is not None else None)
+        overflow = len(b["z"]) - self.cap // (len(world.ASPECTS) * 2)
+        if overflow > 0:
+            for key in b:
+                del b[key][:overflow]
+        self.generated += len(caps)
 
     def batch(self, rng: random.Random, bs: int, edit_frac: float):
         kind = "edit" if rng.random() < edit_frac else "t2i"
@@ -238,11 +292,12 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift
     x0 = P._pack_latents(z, B, C, h, w)
     ids = P._prepare_latent_image_ids(B, h // 2, w // 2, z.device, z.dtype)
     N = x0.shape[1]
-    noise = torch.randn(x0.shape, generator=gen)
+    # random draws come from the (CPU) generator, so a run's noise does not depend on the device
+    noise = torch.randn(x0.shape, generator=gen).to(z.device)
     u = torch.rand(B, generator=gen)
     ln = torch.sigmoid(torch.randn(B, generator=gen) * 1.0)
     s = torch.where(u < 0.8, ln, torch.rand(B, generator=gen))
-    s = (train_shift * s / (1 + (train_shift - 1) * s)).clamp(1e-3, 1.0)  # same shift as the scheduler
+    s = (train_shift * s / (1 + (train_shift - 1) * s)).clamp(1e-3, 1.0).to(z.device)  # the scheduler's shift
     xt = (1 - s[:, None, None]) * x0 + s[:, None, None] * noise
     hidden = xt
     if ctx is not None:
@@ -251,10 +306,11 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift
         cid[..., 0] = 1
         hidden = torch.cat([xt, c], dim=1)
         ids = torch.cat([ids, cid], dim=0)
-    txt_ids = torch.zeros(pe.shape[1], 3)
-    out = transformer(hidden_states=hidden, timestep=s, guidance=None, pooled_projections=pooled,
-                      encoder_hidden_states=pe, txt_ids=txt_ids, img_ids=ids, return_dict=False)[0]
-    out = out[:, :N]
+    txt_ids = torch.zeros(pe.shape[1], 3, device=z.device)
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=z.device.type == "cuda"):
+        out = transformer(hidden_states=hidden, timestep=s, guidance=None, pooled_projections=pooled,
+                          encoder_hidden_states=pe, txt_ids=txt_ids, img_ids=ids, return_dict=False)[0]
+    out = out[:, :N].float()
     return F.mse_loss(out, noise - x0)
 
 
@@ -278,6 +334,8 @@ def main(argv=None):
                     help="attention heads of 32 dims (width = 32 x heads)")
     ap.add_argument("--double", type=int, default=bp.TRANSFORMER_CFG["num_layers"], help="double-stream blocks")
     ap.add_argument("--single", type=int, default=bp.TRANSFORMER_CFG["num_single_layers"], help="single-stream blocks")
+    ap.add_argument("--init", default="default", choices=["default", "adaln-zero"],
+                    help="transformer initialisation (see build_pipeline.make_transformer)")
     ap.add_argument("--edit-frac", type=float, default=0.3)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
@@ -286,6 +344,9 @@ def main(argv=None):
     ap.add_argument("--init-pool", type=int, default=2500)
     ap.add_argument("--ckpt-min", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast); the result is the same pipeline")
+    ap.add_argument("--data-workers", type=int, default=0,
+                    help="processes rendering training data one refresh ahead (0: in this process)")
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--train-shift", type=float, default=2.0, help="timestep shift for training noise levels")
@@ -306,7 +367,8 @@ def main(argv=None):
     rng = random.Random(args.seed)
     ckpt_path = run / "ckpt.pt"
 
-    enc = bp.load_text_encoder()
+    device = torch.device(args.device)
+    enc = bp.load_text_encoder().to(device)
     state = None
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -336,9 +398,10 @@ def main(argv=None):
         for k in ("heads", "double", "single"):
             if k in state["args"]:
                 setattr(args, k, state["args"][k])
-    transformer = bp.make_transformer(num_attention_heads=args.heads, num_layers=args.double,
+    transformer = bp.make_transformer(init=args.init, num_attention_heads=args.heads, num_layers=args.double,
                                       num_single_layers=args.single)
     pipe = bp.assemble(transformer, vae, text_encoder=enc)
+    transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     opt = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     step = 0
@@ -352,7 +415,7 @@ def main(argv=None):
 
     data_rng = random.Random(args.seed * 1000003 + step)
     gen = torch.Generator().manual_seed(args.seed * 7919 + step)
-    pool = Pool(pipe, bp.MAX_SEQ, args.pool)
+    pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device)
     t0 = time.time()
     init_n = 48 if args.smoke else args.init_pool
     pool.generate(init_n, data_rng, args.edit_frac)
@@ -406,6 +469,8 @@ def main(argv=None):
                 pooled[drop] = empty_pooled[0].float()
                 if ctx is not None:
                     z[drop] = ctx[drop]
+        pe, pooled, z = pe.to(device), pooled.to(device), z.to(device)
+        ctx = ctx.to(device) if ctx is not None else None
         loss = flow_loss(transformer, pe, pooled, z, ctx, gen, args.train_shift)
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):  # an unattended run must not die (or poison the EMA) on one bad batch
@@ -436,6 +501,7 @@ def main(argv=None):
         if time.time() - last_ckpt > args.ckpt_min * 60:
             save_ckpt()
             last_ckpt = time.time()
+    pool.close()
     if args.decoder_from:
         sd = torch.load(args.decoder_from, map_location="cpu")
         vae.load_state_dict({k: v for k, v in sd.items()})
