@@ -3,8 +3,11 @@ own registry (``models/models.toml``), requests through the HTTP API, results sc
 evaluator (``training/evaluate.py``: colour segmentation + geometric shape classifier).
 
 The prompts are fixed (the README's, then the first prompts of the evaluator's held-out and paraphrase
-sets at its default seed) and so are the seeds, so these are regression checks of the committed weights:
-the floors sit a little under what the weights scored when they were committed (docs/darkroom-mini.md).
+sets at its default seed) and so are the seeds, so these are regression checks of the committed weights.
+Weights land only when they meet the issue's targets on the full evaluation (>= 0.90 held-out, >= 0.85
+edits, >= 30 dB untouched); the floors here sit below those targets to allow for 12 prompts and 5 edits.
+Checked against run 2's (uncommitted) weights: the model-info and determinism tests pass, the scored ones
+fail as they should (README prompt wrong, 1/12 prompts, 1/5 edits).
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason="darkroom-mini weig
 
 README_PROMPT = "a red circle to the left of a blue square"
 N_PER_SPLIT = 6  # held-out and paraphrase prompts (one per category)
-T2I_FLOOR = 0.5  # fraction of the fixed prompts the evaluator must score correct
-EDIT_FLOOR = 0.4
-PSNR_FLOOR = 24.0  # dB over the untouched regions, mean of the fixed edits
+T2I_FLOOR = 0.75  # fraction of the fixed prompts the evaluator must score correct
+EDIT_FLOOR = 0.6
+PSNR_FLOOR = 28.0  # dB over the untouched regions, mean of the fixed edits
 
 
 @pytest.fixture(scope="module")
