@@ -143,12 +143,19 @@ def test_adaln_zero_init_starts_every_block_as_identity():
         bp.make_transformer(init="orthogonal")
 
 
+def _tiny_pipe():
+    """A FluxPipeline with a one-block transformer and the real MiniLM, for the data pool's tests."""
+    from training import build_pipeline as bp
+
+    return bp.assemble(bp.make_transformer(num_layers=1, num_single_layers=1), bp.make_vae(),
+                       text_encoder=bp.load_text_encoder())
+
+
 def test_one_pass_text_encoding_equals_encode_prompt():
     from training import build_pipeline as bp
     from training.train import Pool
 
-    pipe = bp.assemble(bp.make_transformer(num_layers=1, num_single_layers=1), bp.make_vae(),
-                       text_encoder=bp.load_text_encoder())
+    pipe = _tiny_pipe()
     pool = Pool(pipe, bp.MAX_SEQ, cap=16)
     pool.check_text_encoding(["a crimson ball above a navy box", "", "make the red star blue"])  # raises if not
     pe, pooled = pool.encode_text(["two yellow stars"])
@@ -161,8 +168,7 @@ def test_rendering_workers_give_the_same_data():
     from training import build_pipeline as bp
     from training.train import Pool
 
-    pipe = bp.assemble(bp.make_transformer(num_layers=1, num_single_layers=1), bp.make_vae(),
-                       text_encoder=bp.load_text_encoder())
+    pipe = _tiny_pipe()
     pools = [Pool(pipe, bp.MAX_SEQ, cap=1000, workers=w) for w in (0, 2)]
     try:
         for p in pools:

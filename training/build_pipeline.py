@@ -70,7 +70,7 @@ def make_transformer(init: str = "default", **over):
     model = FluxTransformer2DModel(**{**TRANSFORMER_CFG, **over})
     if init == "adaln-zero":
         with torch.no_grad():
-            for name, module in model.named_modules():
+            for module in model.modules():
                 if type(module).__name__ in ("AdaLayerNormZero", "AdaLayerNormZeroSingle", "AdaLayerNormContinuous"):
                     module.linear.weight.zero_()
                     module.linear.bias.zero_()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -129,14 +130,13 @@ def train_decoder(vae, minutes: float, rng: random.Random, batch: int = 4, lr: f
 # ---------------------------------------------------------------------------
 # Data pool
 # ---------------------------------------------------------------------------
-_TOKENIZER = None
+@functools.lru_cache(maxsize=None)
+def _tokenizer(max_len: int):
+    return bp.make_tokenizer(max_len)  # one per (worker) process and length
 
 
 def _caption_fits(text: str, max_len: int) -> bool:
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        _TOKENIZER = bp.make_tokenizer(max_len)
-    return len(_TOKENIZER(text).input_ids) <= max_len
+    return len(_tokenizer(max_len)(text).input_ids) <= max_len
 
 
 def render_chunk(job: tuple) -> tuple:
