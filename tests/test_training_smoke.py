@@ -123,6 +123,28 @@ def test_smoke_training_and_pipeline_load(tmp_path):
     assert e.size == (W, H)
     # resume works
     train.main(["--smoke", "--resume", "--out", str(out), "--run", str(tmp_path / "run")])
+    # the denoising probe reads the exported pipeline (an untrained model: finite, large errors)
+    from training.probe import LEVELS, probe
+
+    res = probe(str(out), n=4)
+    assert all(np.isfinite(res[f"s{s}"]["x0_mse_shape"]) and res[f"s{s}"]["x0_mse_shape"] > 0 for s in LEVELS)
+
+
+def test_detail_weights_favour_shape_outlines_and_edited_pixels():
+    import torch
+
+    from training.train import detail_weights
+
+    z = torch.zeros(2, 12, 16, 16)
+    z[:, :, 4:8, 4:8] = 1.0  # one square "shape" on a flat background
+    w = detail_weights(z, None, 4.0)
+    assert w.shape == (2, 1, 16, 16) and torch.allclose(w.mean(dim=(2, 3)), torch.ones(2, 1))
+    assert w[0, 0, 4, 4] > 2 * w[0, 0, 12, 12]  # outline vs far background
+    ctx = z.clone()
+    ctx[:, :, 10:12, 10:12] = 1.0  # an edit that removed a second shape
+    we = detail_weights(z, ctx, 4.0)
+    assert we[0, 0, 10, 10] > 2 * we[0, 0, 1, 14]
+    assert torch.equal(detail_weights(z, None, 0.0), torch.ones_like(w))
 
 
 def test_adaln_zero_init_starts_every_block_as_identity():
@@ -176,8 +198,31 @@ def test_rendering_workers_give_the_same_data():
         a, b = pools
         assert a.n == b.n > 0 and a.buckets.keys() == b.buckets.keys()
         for key in a.buckets:
+            ra, rb = a.buckets[key], b.buckets[key]
+            assert ra.len == rb.len
             for field in ("pe", "pooled", "z"):
-                assert all(torch.equal(x, y) for x, y in zip(a.buckets[key][field], b.buckets[key][field]))
+                assert torch.equal(ra.fields[field][:ra.len], rb.fields[field][:rb.len])
     finally:
         for p in pools:
             p.close()
+
+
+def test_pool_ring_keeps_the_newest_samples():
+    import torch
+
+    from training.train import _Ring
+
+    def rows(lo, hi):
+        v = torch.arange(lo, hi, dtype=torch.float16)
+        return {"pe": v[:, None, None].expand(-1, 2, 3), "pooled": v[:, None].expand(-1, 3),
+                "z": v[:, None, None, None].expand(-1, 1, 2, 2)}
+
+    r = _Ring(5, **rows(0, 1), ctx=None, device=torch.device("cpu"))
+    r.add(**rows(0, 3))
+    assert r.len == 3 and sorted(r.fields["pooled"][:3, 0].tolist()) == [0, 1, 2]
+    r.add(**rows(3, 7))  # wraps: 0 and 1 are overwritten
+    assert r.len == 5 and sorted(r.fields["pooled"][:, 0].tolist()) == [2, 3, 4, 5, 6]
+    r.add(**rows(7, 19))  # more than the capacity at once: only the newest 5 survive
+    assert sorted(r.fields["z"][:, 0, 0, 0].tolist()) == [14, 15, 16, 17, 18]
+    got = r.get(torch.tensor([0, 0, 4]))
+    assert got["pe"].shape == (3, 2, 3) and torch.equal(got["pe"][0], got["pe"][1])

@@ -141,8 +141,11 @@ def _caption_fits(text: str, max_len: int) -> bool:
 
 def render_chunk(job: tuple) -> tuple:
     """Render one chunk of training samples: (seed, kind, aspect, k, max_len) -> (kind, aspect,
-    captions, target images, context images). A top-level function so that --data-workers
-    processes can run it; the chunk's own seed makes the data independent of the worker count."""
+    captions, target latents, context latents), latents unscaled (``analytic_latents``, a
+    per-pixel average, so the same bits in any process). A top-level function so that
+    --data-workers processes can run it; the chunk's own seed makes the data independent of the
+    worker count, and shipping latents instead of images keeps the main process (which feeds the
+    GPU) free of per-pixel work."""
     seed, kind, asp, k, max_len = job
     rng = random.Random(seed)
     caps, tg, ctx = [], [], []
@@ -152,32 +155,71 @@ def render_chunk(job: tuple) -> tuple:
             if not _caption_fits(cap, max_len):
                 continue
             caps.append(cap)
-            tg.append(np.asarray(world.render(sc)))
+            tg.append(to_tensor(world.render(sc)))
         else:
             ins, src, tgt, _ = world.sample_edit(rng, aspect=asp)
             if not _caption_fits(ins, max_len):
                 continue
             s_img, t_img = world.render_pair(src, tgt)
             caps.append(ins)
-            tg.append(np.asarray(t_img))
-            ctx.append(np.asarray(s_img))
-    return kind, asp, caps, tg, ctx
+            tg.append(to_tensor(t_img))
+            ctx.append(to_tensor(s_img))
+    zt = analytic_latents(torch.stack(tg))
+    zc = analytic_latents(torch.stack(ctx)) if ctx else None
+    return kind, asp, caps, zt, zc
+
+
+def _worker_init():
+    torch.set_num_threads(1)  # one process per core
+
+
+class _Ring:
+    """One bucket of the pool: preallocated tensors used as a ring buffer (the oldest samples are
+    overwritten first), so that adding a chunk and drawing a batch are a few tensor ops each, with
+    no per-sample Python objects (on a GPU the main process otherwise starves the device)."""
+
+    def __init__(self, cap: int, pe: torch.Tensor, pooled: torch.Tensor, z: torch.Tensor,
+                 ctx: torch.Tensor | None, device: torch.device):
+        def alloc(t):
+            return torch.empty((cap, *t.shape[1:]), dtype=t.dtype, device=device)
+
+        self.cap, self.len, self.ptr = cap, 0, 0
+        self.fields = {"pe": alloc(pe), "pooled": alloc(pooled), "z": alloc(z)}
+        if ctx is not None:
+            self.fields["ctx"] = alloc(ctx)
+
+    def add(self, **rows: torch.Tensor):
+        n = next(iter(rows.values())).shape[0]
+        if n > self.cap:  # only the newest cap rows would survive anyway
+            rows = {k: v[-self.cap:] for k, v in rows.items()}
+            n = self.cap
+        first = min(n, self.cap - self.ptr)
+        for k, v in rows.items():
+            dst = self.fields[k]
+            dst[self.ptr:self.ptr + first] = v[:first]
+            dst[:n - first] = v[first:]
+        self.ptr = (self.ptr + n) % self.cap
+        self.len = min(self.cap, self.len + n)
+
+    def get(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.index_select(0, idx) for k, v in self.fields.items()}
 
 
 class Pool:
-    """Rolling pool of encoded samples, bucketed by (kind, aspect).
+    """Rolling pool of encoded samples, bucketed by (kind, aspect), held on ``device``.
 
     Rendering runs in this process or, with ``workers > 0``, in a process pool one refresh ahead
     (what a GPU run needs: there the 2-core render would starve the device). Text encoding runs on
-    ``device``; the pool itself stays in host memory as fp16."""
+    ``device``; each bucket is a ring of fp16 tensors on ``device`` (see ``_Ring``)."""
 
     def __init__(self, pipe: FluxPipeline, max_len: int, cap: int, workers: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", chunk: int = 64):
         self.pipe = pipe
+        self.chunk = chunk
         self.max_len = max_len
         self.cap = cap
         self.device = torch.device(device)
-        self.buckets: dict[tuple, dict[str, list]] = {}
+        self.buckets: dict[tuple, _Ring] = {}
         self.n = 0
         self.generated = 0
         self._empty = None
@@ -187,7 +229,7 @@ class Pool:
             import multiprocessing
 
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            self._procs = multiprocessing.get_context("spawn").Pool(workers)
+            self._procs = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
 
     def close(self):
         if self._procs is not None:
@@ -201,18 +243,18 @@ class Pool:
         Both slots hold the same MiniLM and both tokenizers pad to 32 tokens, so the CLIP slot's
         ``pooler_output`` and the T5 slot's ``last_hidden_state`` come from the same forward pass;
         ``encode_prompt`` runs it twice (half of the data cost). ``check_text_encoding`` asserts
-        the equality."""
+        the equality. Returned as fp16 on the pool's device."""
         ids = self.pipe.tokenizer_2(prompts, padding="max_length", max_length=self.max_len, truncation=True,
                                     return_tensors="pt").input_ids.to(self.device)
         out = self.pipe.text_encoder_2(ids, output_hidden_states=False)
-        return out.last_hidden_state.to("cpu", torch.float16), out.pooler_output.to("cpu", torch.float16)
+        return out.last_hidden_state.to(torch.float16), out.pooler_output.to(torch.float16)
 
     @torch.no_grad()
     def check_text_encoding(self, prompts: list[str]):
         pe, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device,
                                                 max_sequence_length=self.max_len)
         pe1, pooled1 = self.encode_text(prompts)
-        assert torch.equal(pe.to("cpu", torch.float16), pe1) and torch.equal(pooled.to("cpu", torch.float16), pooled1), \
+        assert torch.equal(pe.to(torch.float16), pe1) and torch.equal(pooled.to(torch.float16), pooled1), \
             "one-pass text encoding differs from FluxPipeline.encode_prompt"
 
     def empty(self):
@@ -220,13 +262,11 @@ class Pool:
             self._empty = self.encode_text([bp.NEGATIVE_PROMPT])
         return self._empty
 
-    @torch.no_grad()
-    def encode_images(self, imgs):
-        vae = self.pipe.vae
-        x = torch.stack([to_tensor(i) for i in imgs])
-        z = analytic_latents(x)  # == vae.encode(x).latent_dist.mode() (analytic encoder)
-        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
-        return z.to(torch.float16)
+    def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Unscaled analytic latents -> what the transformer sees (== the VAE encoder's mode,
+        shifted and scaled as FluxPipeline does)."""
+        cfg = self.pipe.vae.config
+        return ((z.to(self.device) - cfg.shift_factor) * cfg.scaling_factor).to(torch.float16)
 
     def _jobs(self, n: int, rng: random.Random, edit_frac: float) -> list[tuple]:
         per_aspect = max(1, n // (len(world.ASPECTS) * 2))
@@ -234,9 +274,14 @@ class Pool:
         for asp in world.ASPECTS:
             for kind in ("t2i", "edit"):
                 k = int(round(per_aspect * 2 * (edit_frac if kind == "edit" else 1 - edit_frac)))
-                if k:
-                    jobs.append((rng.getrandbits(63), kind, asp, k, self.max_len))
+                while k > 0:  # chunks of at most self.chunk samples keep many workers evenly busy
+                    jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len))
+                    k -= self.chunk
         return jobs
+
+    def ready(self) -> bool:
+        """True when generate() would not wait (nothing pending, or the pending chunks are done)."""
+        return self._pending is None or self._pending.ready()
 
     @torch.no_grad()
     def generate(self, n: int, rng: random.Random, edit_frac: float):
@@ -254,49 +299,71 @@ class Pool:
             self._pending = self._procs.map_async(render_chunk, jobs)
         for kind, asp, caps, tg, ctx in chunks:
             self._add(kind, asp, caps, tg, ctx)
-        self.n = sum(len(b["z"]) for b in self.buckets.values())
+        self.n = sum(b.len for b in self.buckets.values())
 
     def _add(self, kind, asp, caps, tg, ctx):
         pe, pooled = self.encode_text(caps)
-        zt = self.encode_images(tg)
-        zc = self.encode_images(ctx) if ctx else None
-        b = self.buckets.setdefault((kind, asp), {"pe": [], "pooled": [], "z": [], "ctx": []})
-        for i in range(len(caps)):
-            b["pe"].append(pe[i]); b["pooled"].append(pooled[i]); b["z"].append(zt[i])
-            b["ctx"].append(zc[i] if zc is not None else None)
-        overflow = len(b["z"]) - self.cap // (len(world.ASPECTS) * 2)
-        if overflow > 0:
-            for key in b:
-                del b[key][:overflow]
+        rows = {"pe": pe, "pooled": pooled, "z": self.scale_latents(tg)}
+        if ctx is not None:
+            rows["ctx"] = self.scale_latents(ctx)
+        key = (kind, asp)
+        if key not in self.buckets:
+            cap = max(1, self.cap // (len(world.ASPECTS) * 2))
+            self.buckets[key] = _Ring(cap, rows["pe"], rows["pooled"], rows["z"], rows.get("ctx"), self.device)
+        self.buckets[key].add(**rows)
         self.generated += len(caps)
 
     def batch(self, rng: random.Random, bs: int, edit_frac: float):
         kind = "edit" if rng.random() < edit_frac else "t2i"
-        keys = [k for k in self.buckets if k[0] == kind and self.buckets[k]["z"]]
+        keys = [k for k in self.buckets if k[0] == kind and self.buckets[k].len]
         key = rng.choice(keys)
         b = self.buckets[key]
-        idx = [rng.randrange(len(b["z"])) for _ in range(bs)]
-        pe = torch.stack([b["pe"][i] for i in idx]).float()
-        pooled = torch.stack([b["pooled"][i] for i in idx]).float()
-        z = torch.stack([b["z"][i] for i in idx]).float()
-        ctx = torch.stack([b["ctx"][i] for i in idx]).float() if kind == "edit" else None
-        return kind, pe, pooled, z, ctx
+        idx = torch.tensor([rng.randrange(b.len) for _ in range(bs)], device=self.device)
+        f = b.get(idx)
+        ctx = f["ctx"].float() if kind == "edit" else None
+        return kind, f["pe"].float(), f["pooled"].float(), f["z"].float(), ctx
 
 
 # ---------------------------------------------------------------------------
 # Transformer step (mirrors FluxPipeline / FluxKontextPipeline exactly)
 # ---------------------------------------------------------------------------
-def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift: float = 1.0):
+def detail_weights(z: torch.Tensor, ctx: torch.Tensor | None, strength: float) -> torch.Tensor:
+    """Per-latent-pixel loss weights (B,1,h,w), mean 1 per image: 1 + strength x (normalised
+    edge map, dilated by one pixel), plus where an edit changes the image.
+
+    Why: in this world most pixels are flat background and flat shape interiors, which the model
+    learns first; a shape's identity (circle vs heart vs star) lives in the few pixels along its
+    outline, so plain MSE gives it almost no gradient and samples stay blobs long after colours
+    and positions are right. Up-weighting those pixels aims the same compute at what is missing."""
+    def edges(x):
+        gx = (x[..., :, 1:] - x[..., :, :-1]).abs().sum(1, keepdim=True)
+        gy = (x[..., 1:, :] - x[..., :-1, :]).abs().sum(1, keepdim=True)
+        return F.pad(gx, (0, 1, 0, 0)) + F.pad(gy, (0, 0, 0, 1))
+
+    e = edges(z)
+    if ctx is not None:
+        e = e + (z - ctx).abs().sum(1, keepdim=True)
+    e = F.max_pool2d(e, 3, stride=1, padding=1)
+    e = e / (e.mean(dim=(2, 3), keepdim=True) + 1e-6)
+    wt = 1.0 + strength * e
+    return wt / wt.mean(dim=(2, 3), keepdim=True)
+
+
+def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift: float = 1.0,
+              bf16: bool = False, edge_weight: float = 0.0):
     B, C, h, w = z.shape
     P = FluxPipeline
     x0 = P._pack_latents(z, B, C, h, w)
     ids = P._prepare_latent_image_ids(B, h // 2, w // 2, z.device, z.dtype)
     N = x0.shape[1]
     # random draws come from the (CPU) generator, so a run's noise does not depend on the device
-    noise = torch.randn(x0.shape, generator=gen).to(z.device)
-    u = torch.rand(B, generator=gen)
-    ln = torch.sigmoid(torch.randn(B, generator=gen) * 1.0)
-    s = torch.where(u < 0.8, ln, torch.rand(B, generator=gen))
+    # draws come from ``gen`` on its own device (the CPU generator on a CPU run, so a run's noise is
+    # fixed by its seed; a device generator on a GPU, where host-side draws would stall the device)
+    dev = gen.device
+    noise = torch.randn(x0.shape, generator=gen, device=dev).to(z.device)
+    u = torch.rand(B, generator=gen, device=dev)
+    ln = torch.sigmoid(torch.randn(B, generator=gen, device=dev) * 1.0)
+    s = torch.where(u < 0.8, ln, torch.rand(B, generator=gen, device=dev))
     s = (train_shift * s / (1 + (train_shift - 1) * s)).clamp(1e-3, 1.0).to(z.device)  # the scheduler's shift
     xt = (1 - s[:, None, None]) * x0 + s[:, None, None] * noise
     hidden = xt
@@ -307,11 +374,14 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift
         hidden = torch.cat([xt, c], dim=1)
         ids = torch.cat([ids, cid], dim=0)
     txt_ids = torch.zeros(pe.shape[1], 3, device=z.device)
-    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=z.device.type == "cuda"):
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = transformer(hidden_states=hidden, timestep=s, guidance=None, pooled_projections=pooled,
                           encoder_hidden_states=pe, txt_ids=txt_ids, img_ids=ids, return_dict=False)[0]
     out = out[:, :N].float()
-    return F.mse_loss(out, noise - x0)
+    if edge_weight <= 0:
+        return F.mse_loss(out, noise - x0)
+    wt = detail_weights(z, ctx, edge_weight).expand(B, C, h, w)
+    return ((out - (noise - x0)) ** 2 * P._pack_latents(wt, B, C, h, w)).mean()
 
 
 def main(argv=None):
@@ -336,15 +406,27 @@ def main(argv=None):
     ap.add_argument("--single", type=int, default=bp.TRANSFORMER_CFG["num_single_layers"], help="single-stream blocks")
     ap.add_argument("--init", default="default", choices=["default", "adaln-zero"],
                     help="transformer initialisation (see build_pipeline.make_transformer)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="train this many steps (the lr schedule follows steps) instead of --hours")
+    ap.add_argument("--edge-weight", type=float, default=0.0,
+                    help="extra loss weight on shape edges and edited regions (see flow_loss)")
     ap.add_argument("--edit-frac", type=float, default=0.3)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
     ap.add_argument("--refresh-every", type=int, default=40, help="steps between pool refreshes")
     ap.add_argument("--refresh-n", type=int, default=256)
     ap.add_argument("--init-pool", type=int, default=2500)
+    ap.add_argument("--async-data", action="store_true",
+                    help="refresh the pool whenever the data workers have a refresh ready instead of "
+                         "every --refresh-every steps (GPU runs: the device never waits on rendering; "
+                         "the data order then depends on timing, so runs are not bit-reproducible)")
     ap.add_argument("--ckpt-min", type=float, default=10.0)
+    ap.add_argument("--log-every", type=int, default=25, help="steps between progress lines")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast); the result is the same pipeline")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast on CUDA (off by default: on an H200 with torch 2.11+cu130 a bf16 "
+                         "GEMM in the backward pass failed with CUBLAS_STATUS_EXECUTION_FAILED; TF32 works)")
     ap.add_argument("--data-workers", type=int, default=0,
                     help="processes rendering training data one refresh ahead (0: in this process)")
     ap.add_argument("--ema", type=float, default=0.998)
@@ -358,8 +440,6 @@ def main(argv=None):
         args.refresh_n, args.refresh_every = 24, 3
         args.hours = 0.0
         args.max_steps = 6
-    else:
-        args.max_steps = None
     run = Path(args.run or f"training/runs/{'smoke' if args.smoke else 'mini-s%d' % args.seed}")
     run.mkdir(parents=True, exist_ok=True)
     log(f"args {vars(args)}")
@@ -368,6 +448,9 @@ def main(argv=None):
     ckpt_path = run / "ckpt.pt"
 
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (outside bf16 autocast)
+        torch.backends.cudnn.allow_tf32 = True
     enc = bp.load_text_encoder().to(device)
     state = None
     if args.resume and ckpt_path.exists():
@@ -393,6 +476,9 @@ def main(argv=None):
         log("decoder done")
         return
     vae.eval().requires_grad_(False)
+    if args.decoder_from:  # loaded now so that every export on the way has the finished decoder
+        vae.load_state_dict(torch.load(args.decoder_from, map_location="cpu"))
+        log(f"decoder loaded from {args.decoder_from}")
 
     if state is not None and "args" in state:  # a resumed run keeps its architecture
         for k in ("heads", "double", "single"):
@@ -403,18 +489,22 @@ def main(argv=None):
     pipe = bp.assemble(transformer, vae, text_encoder=enc)
     transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
-    opt = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99),
+                            fused=device.type == "cuda")
+    # on a CPU a host check per step costs nothing; on a GPU it would stall the host every step
+    sync_guard = device.type != "cuda"
     step = 0
     if state is not None and "transformer" in state:
         transformer.load_state_dict(state["transformer"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+    ema_params, train_params = list(ema.parameters()), list(transformer.parameters())
     nparams = sum(p.numel() for p in transformer.parameters())
     log(f"transformer params {nparams / 1e6:.2f}M")
 
     data_rng = random.Random(args.seed * 1000003 + step)
-    gen = torch.Generator().manual_seed(args.seed * 7919 + step)
+    gen = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(args.seed * 7919 + step)
     pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device)
     t0 = time.time()
     init_n = 48 if args.smoke else args.init_pool
@@ -429,6 +519,7 @@ def main(argv=None):
     losses = {"t2i": [], "edit": []}
     n_seen = 0
     t_log = time.time()
+    data_s = 0.0  # time in pool refreshes since the last progress line (encoding, waiting on workers)
 
     def elapsed():
         return prev_elapsed + (time.time() - seg_start)
@@ -452,7 +543,10 @@ def main(argv=None):
     while True:
         if args.max_steps is not None and step >= args.max_steps:
             break
-        frac = elapsed() / budget if budget > 0 else 1.0
+        if args.max_steps is not None and not args.smoke:  # a step budget (A/B runs: equal steps
+            frac = step / args.max_steps                       # whatever else shares the cores)
+        else:
+            frac = elapsed() / budget if budget > 0 else 1.0
         if args.max_steps is None and frac >= 1.0:
             break
         warm = min(1.0, (step + 1) / args.warmup)
@@ -463,50 +557,53 @@ def main(argv=None):
         if args.cfg_drop > 0:
             # unconditional samples for classifier-free guidance: empty prompt; for edits the
             # unconditional target is the unchanged source image (identity edit)
-            drop = torch.rand(pe.shape[0], generator=gen) < args.cfg_drop
-            if drop.any():
-                pe[drop] = empty_pe[0].float()
-                pooled[drop] = empty_pooled[0].float()
-                if ctx is not None:
-                    z[drop] = ctx[drop]
-        pe, pooled, z = pe.to(device), pooled.to(device), z.to(device)
-        ctx = ctx.to(device) if ctx is not None else None
-        loss = flow_loss(transformer, pe, pooled, z, ctx, gen, args.train_shift)
+            drop = (torch.rand(pe.shape[0], generator=gen, device=gen.device) < args.cfg_drop).to(device)
+            pe = torch.where(drop[:, None, None], empty_pe[0].float(), pe)
+            pooled = torch.where(drop[:, None], empty_pooled[0].float(), pooled)
+            if ctx is not None:
+                z = torch.where(drop[:, None, None, None], ctx, z)
+        loss = flow_loss(transformer, pe, pooled, z, ctx, gen, args.train_shift, bf16=args.bf16,
+                         edge_weight=args.edge_weight)
         opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):  # an unattended run must not die (or poison the EMA) on one bad batch
+        if sync_guard and not torch.isfinite(loss):  # an unattended run must not die (or poison the EMA) on one bad batch
             log(f"step {step}: non-finite loss, batch skipped")
             continue
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        if not torch.isfinite(gnorm):
-            log(f"step {step}: non-finite gradient, batch skipped")
-            continue
+        if sync_guard:
+            if not torch.isfinite(gnorm):
+                log(f"step {step}: non-finite gradient, batch skipped")
+                continue
+        else:  # same guard without stalling the host on the device: a bad batch's update is zeroed
+            ok = torch.isfinite(gnorm)
+            for p in train_params:
+                if p.grad is not None:
+                    p.grad.copy_(torch.where(ok, p.grad, torch.zeros_like(p.grad)))
         opt.step()
         step += 1
         n_seen += z.shape[0]
         d = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe_, p in zip(ema.parameters(), transformer.parameters()):
-                pe_.lerp_(p, 1 - d)
-        losses[kind].append(loss.item())
-        if step % args.refresh_every == 0:
+            torch._foreach_lerp_(ema_params, train_params, 1 - d)
+        losses[kind].append(loss.detach())
+        if (pool.ready() if args.async_data else step % args.refresh_every == 0):
+            t_data = time.time()
             pool.generate(args.refresh_n, data_rng, args.edit_frac)
-        if step % 25 == 0 or args.smoke:
+            data_s += time.time() - t_data
+        if step % args.log_every == 0 or args.smoke:
             dt = time.time() - t_log
-            lt = np.mean(losses["t2i"][-50:]) if losses["t2i"] else float("nan")
-            le = np.mean(losses["edit"][-50:]) if losses["edit"] else float("nan")
+            lt = torch.stack(losses["t2i"][-50:]).mean().item() if losses["t2i"] else float("nan")
+            le = torch.stack(losses["edit"][-50:]).mean().item() if losses["edit"] else float("nan")
+            losses = {k: v[-50:] for k, v in losses.items()}
             log(f"step {step} loss_t2i {lt:.4f} loss_edit {le:.4f} lr {lr:.2e} {n_seen / max(dt, 1e-6):.1f} samp/s "
-                f"pool {pool.n} gen {pool.generated} elapsed {elapsed() / 60:.1f}m")
-            n_seen, t_log = 0, time.time()
+                f"pool {pool.n} gen {pool.generated} data {100 * data_s / max(dt, 1e-6):.0f}% "
+                f"elapsed {elapsed() / 60:.1f}m")
+            n_seen, t_log, data_s = 0, time.time(), 0.0
         if time.time() - last_ckpt > args.ckpt_min * 60:
             save_ckpt()
             last_ckpt = time.time()
     pool.close()
-    if args.decoder_from:
-        sd = torch.load(args.decoder_from, map_location="cpu")
-        vae.load_state_dict({k: v for k, v in sd.items()})
-        log(f"decoder loaded from {args.decoder_from}")
-    elif args.dec_minutes > 0:
+    if not args.decoder_from and args.dec_minutes > 0:
         train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
                       max_steps=2 if args.smoke else None)
     save_ckpt(final=True)
