@@ -422,6 +422,8 @@ def main(argv=None):
                          "the data order then depends on timing, so runs are not bit-reproducible)")
     ap.add_argument("--ckpt-min", type=float, default=10.0)
     ap.add_argument("--log-every", type=int, default=25, help="steps between progress lines")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="profile this many steps (after 50) with torch.profiler and log the top ops")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast); the result is the same pipeline")
     ap.add_argument("--bf16", action="store_true",
@@ -540,7 +542,21 @@ def main(argv=None):
             log(f"final pipeline -> {args.out}")
 
     transformer.train()
+    prof = None  # --profile-steps: a torch.profiler window after 50 steps of warm-up, printed once
     while True:
+        if args.profile_steps and step == 50 and prof is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            prof = profile(activities=acts)
+            prof.__enter__()
+        if prof is not None and step == 50 + args.profile_steps:
+            prof.__exit__(None, None, None)
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            for sort in dict.fromkeys(("self_cpu_time_total", key)):
+                log(f"profile of {args.profile_steps} steps by {sort}:\n"
+                    + prof.key_averages().table(sort_by=sort, row_limit=18))
+            prof = False
         if args.max_steps is not None and step >= args.max_steps:
             break
         if args.max_steps is not None and not args.smoke:  # a step budget (A/B runs: equal steps
