@@ -217,7 +217,7 @@ def test_pool_ring_keeps_the_newest_samples():
         return {"pe": v[:, None, None].expand(-1, 2, 3), "pooled": v[:, None].expand(-1, 3),
                 "z": v[:, None, None, None].expand(-1, 1, 2, 2)}
 
-    r = _Ring(5, **rows(0, 1), ctx=None, device=torch.device("cpu"))
+    r = _Ring(5, rows(0, 1), device=torch.device("cpu"))
     r.add(**rows(0, 3))
     assert r.len == 3 and sorted(r.fields["pooled"][:3, 0].tolist()) == [0, 1, 2]
     r.add(**rows(3, 7))  # wraps: 0 and 1 are overwritten

@@ -178,15 +178,10 @@ class _Ring:
     overwritten first), so that adding a chunk and drawing a batch are a few tensor ops each, with
     no per-sample Python objects (on a GPU the main process otherwise starves the device)."""
 
-    def __init__(self, cap: int, pe: torch.Tensor, pooled: torch.Tensor, z: torch.Tensor,
-                 ctx: torch.Tensor | None, device: torch.device):
-        def alloc(t):
-            return torch.empty((cap, *t.shape[1:]), dtype=t.dtype, device=device)
-
+    def __init__(self, cap: int, like: dict[str, torch.Tensor], device: torch.device):
+        """``like``: one chunk of rows per field (pe, pooled, z and, for edits, ctx): the shapes and dtypes."""
         self.cap, self.len, self.ptr = cap, 0, 0
-        self.fields = {"pe": alloc(pe), "pooled": alloc(pooled), "z": alloc(z)}
-        if ctx is not None:
-            self.fields["ctx"] = alloc(ctx)
+        self.fields = {k: torch.empty((cap, *v.shape[1:]), dtype=v.dtype, device=device) for k, v in like.items()}
 
     def add(self, **rows: torch.Tensor):
         n = next(iter(rows.values())).shape[0]
@@ -309,7 +304,7 @@ class Pool:
         key = (kind, asp)
         if key not in self.buckets:
             cap = max(1, self.cap // (len(world.ASPECTS) * 2))
-            self.buckets[key] = _Ring(cap, rows["pe"], rows["pooled"], rows["z"], rows.get("ctx"), self.device)
+            self.buckets[key] = _Ring(cap, rows, self.device)
         self.buckets[key].add(**rows)
         self.generated += len(caps)
 
@@ -356,7 +351,6 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift
     x0 = P._pack_latents(z, B, C, h, w)
     ids = P._prepare_latent_image_ids(B, h // 2, w // 2, z.device, z.dtype)
     N = x0.shape[1]
-    # random draws come from the (CPU) generator, so a run's noise does not depend on the device
     # draws come from ``gen`` on its own device (the CPU generator on a CPU run, so a run's noise is
     # fixed by its seed; a device generator on a GPU, where host-side draws would stall the device)
     dev = gen.device
@@ -425,7 +419,7 @@ def main(argv=None):
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="profile this many steps (after 50) with torch.profiler and log the top ops")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast); the result is the same pipeline")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (TF32; see --bf16); the result is the same pipeline")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast on CUDA (off by default: on an H200 with torch 2.11+cu130 a bf16 "
                          "GEMM in the backward pass failed with CUBLAS_STATUS_EXECUTION_FAILED; TF32 works)")
@@ -559,8 +553,8 @@ def main(argv=None):
             prof = False
         if args.max_steps is not None and step >= args.max_steps:
             break
-        if args.max_steps is not None and not args.smoke:  # a step budget (A/B runs: equal steps
-            frac = step / args.max_steps                       # whatever else shares the cores)
+        if args.max_steps is not None:  # a step budget (A/B runs: equal steps whatever shares the cores)
+            frac = step / args.max_steps
         else:
             frac = elapsed() / budget if budget > 0 else 1.0
         if args.max_steps is None and frac >= 1.0:
