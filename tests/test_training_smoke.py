@@ -104,7 +104,7 @@ def test_smoke_training_and_pipeline_load(tmp_path):
     from training import train
 
     out = tmp_path / "mini"
-    train.main(["--smoke", "--out", str(out), "--run", str(tmp_path / "run")])
+    train.main(["--smoke", "--aux-weight", "0", "--out", str(out), "--run", str(tmp_path / "run")])
     assert (out / "model_index.json").exists()
     assert (tmp_path / "run" / "ckpt.pt").exists()
     enc = bp.load_text_encoder()
@@ -112,8 +112,17 @@ def test_smoke_training_and_pipeline_load(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     W, H = world.ASPECTS["16:9"]
     kw = dict(prompt="a red circle", height=H, width=W, num_inference_steps=2, max_sequence_length=bp.MAX_SEQ)
-    a = pipe(**kw, generator=torch.Generator().manual_seed(1)).images[0]
-    b = pipe(**kw, generator=torch.Generator().manual_seed(1)).images[0]
+    assert pipe.scheduler.config.stochastic_sampling  # per-step noise: from the call's generator, as the engine does
+    from darkroom.engines.sampling import job_generators
+
+    def sample(seed):
+        gen = torch.Generator().manual_seed(seed)
+        with job_generators(pipe, [gen]):
+            return pipe(**kw, generator=gen).images[0]
+
+    a = sample(1)
+    torch.manual_seed(123)  # the global RNG plays no part
+    b = sample(1)
     assert a.size == (W, H)
     assert np.array_equal(np.asarray(a), np.asarray(b))
     kp = FluxKontextPipeline.from_pretrained(str(out), text_encoder=enc, text_encoder_2=enc, dtype=torch.float32)
@@ -121,8 +130,26 @@ def test_smoke_training_and_pipeline_load(tmp_path):
     e = kp(image=a, prompt="make the circle blue", height=H, width=W, max_area=W * H, _auto_resize=False,
            num_inference_steps=2, max_sequence_length=bp.MAX_SEQ, generator=torch.Generator().manual_seed(1)).images[0]
     assert e.size == (W, H)
-    # resume works
+    # resume works, also with the auxiliary head added to a run trained without it (new param group)
     train.main(["--smoke", "--resume", "--out", str(out), "--run", str(tmp_path / "run")])
+    train.main(["--smoke", "--resume", "--aux-weight", "0.3", "--out", str(out), "--run", str(tmp_path / "run")])
+    # a run with the head: the head is checkpointed and never exported (a plain FluxTransformer2DModel)
+    out_aux = tmp_path / "mini-aux"
+    train.main(["--smoke", "--aux-weight", "0.3", "--out", str(out_aux), "--run", str(tmp_path / "run-aux")])
+    state = torch.load(tmp_path / "run-aux" / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert "proj.weight" in state["aux_head"] and state["step"] == 6
+    from safetensors import safe_open
+
+    def keys(folder):
+        with safe_open(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+            return set(f.keys())
+
+    assert keys(out_aux) == keys(out)
+    # --init-from: another run's weights (and head) with a fresh schedule, into a new run folder
+    train.main(["--smoke", "--aux-weight", "0.3", "--init-from", str(tmp_path / "run-aux" / "ckpt.pt"),
+                "--out", str(tmp_path / "mini-cont"), "--run", str(tmp_path / "run-cont")])
+    cont = torch.load(tmp_path / "run-cont" / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert cont["step"] == 6 and cont["vae_scale"] == state["vae_scale"]
     # the denoising probe reads the exported pipeline (an untrained model: finite, large errors)
     from training.probe import LEVELS, probe
 
@@ -226,3 +253,47 @@ def test_pool_ring_keeps_the_newest_samples():
     assert sorted(r.fields["z"][:, 0, 0, 0].tolist()) == [14, 15, 16, 17, 18]
     got = r.get(torch.tensor([0, 0, 4]))
     assert got["pe"].shape == (3, 2, 3) and torch.equal(got["pe"][0], got["pe"][1])
+
+
+def test_render_labels_match_the_rendered_objects():
+    rng = random.Random(5)
+    for asp in world.ASPECTS:
+        _, _, scene = world.sample_t2i(rng, "train", aspect=asp)
+        W, H = scene.size
+        classes, offsets = world.render_labels(scene)
+        assert classes.shape == (2, H // 4, W // 4) and offsets.shape == (2, H // 4, W // 4)
+        img = np.asarray(world.render(scene), np.float32).reshape(H // 4, 4, W // 4, 4, 3).mean((1, 3))
+        for o in scene.objects:
+            ci, si = list(world.COLOURS).index(o.colour) + 1, world.SHAPES.index(o.shape) + 1
+            mine = (classes[0] == ci) & (classes[1] == si)
+            assert mine.any()
+            # the labelled pixels hold the object's colour in the (4x4-pooled) render
+            assert np.abs(img[mine] - np.array(world.COLOURS[o.colour])).max(axis=1).mean() < 60
+        assert (offsets[:, classes[0] == 0] == 0).all() and np.abs(offsets).max() <= 1.1
+    # one object: offsets point away from its centre, in units of its radius
+    scene = world.Scene("1:1", ("plain", "white"), [world.Obj("square", "red", "big", 0.5, 0.5)])
+    classes, offsets = world.render_labels(scene)
+    ys, xs = np.nonzero(classes[0])
+    assert abs(offsets[0][ys, xs].mean()) < 0.05 and abs(offsets[1][ys, xs].mean()) < 0.05
+    assert offsets[0][ys, xs].max() > 0.7 and set(np.unique(classes[1])) == {0, 2}
+
+
+def test_aux_head_tokens_follow_the_pipeline_packing():
+    """Label pixel (y, x) must land in the token that ``FluxPipeline._pack_latents`` gives latent pixel
+    (y // 2, x // 2): otherwise the head would be asked about the wrong place."""
+    import torch
+    from diffusers import FluxPipeline
+
+    from training.analytic_vae import analytic_latents
+    from training.train import AuxHead
+
+    h4, w4 = 24, 44  # 16:9 at 1/4
+    lab = torch.arange(h4 * w4, dtype=torch.float32).view(1, 1, h4, w4)
+    tokens = AuxHead.to_tokens(lab)  # (1, N, 1, 16)
+    # an "image" whose 4x4 pooled pixel (y, x) is the label value, through the real latent packing
+    img = lab.repeat_interleave(4, 2).repeat_interleave(4, 3).expand(1, 3, -1, -1)
+    z = analytic_latents(img)
+    packed = FluxPipeline._pack_latents(z, 1, 12, h4 // 2, w4 // 2)  # (1, N, 48): channel c*4+sub, 2x2
+    assert packed.shape[1] == tokens.shape[1]
+    for n in range(packed.shape[1]):
+        assert set(packed[0, n].tolist()) == set(tokens[0, n, 0].tolist())

@@ -31,7 +31,11 @@ TRANSFORMER_CFG = dict(
     axes_dims_rope=(8, 12, 12),
 )
 from training.analytic_vae import VAE_CFG  # noqa: E402  (AutoencoderKL config, 12 latent channels, /8)
-SCHEDULER_CFG = dict(num_train_timesteps=1000, shift=2.0, use_dynamic_shifting=False)
+# stochastic_sampling: each step re-noises the x0 estimate with fresh noise, so the sampler forgets the
+# model's earlier mistakes (the deterministic ODE scattered one object over several fragments; see the model
+# card, session 4). Diffusers' pipelines draw that noise from torch's global RNG unless the caller hands the
+# scheduler its generator, as darkroom's engine does (darkroom.engines.sampling.job_generators).
+SCHEDULER_CFG = dict(num_train_timesteps=1000, shift=2.0, use_dynamic_shifting=False, stochastic_sampling=True)
 DEFAULT_STEPS = 8
 DEFAULT_TRUE_CFG = 3.0  # true CFG with negative_prompt=" " (see docs/darkroom-mini.md)
 NEGATIVE_PROMPT = ""

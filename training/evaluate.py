@@ -418,13 +418,17 @@ def generate(pipe, prompt, aspect, seed=0, steps=None, cfg=None):
 
     from training import build_pipeline as bp
 
+    from darkroom.engines.sampling import job_generators
+
     W, H = world.ASPECTS[aspect]
     kw = {}
     cfg = bp.DEFAULT_TRUE_CFG if cfg is None else cfg
     if cfg and cfg > 1:
         kw = dict(negative_prompt=bp.NEGATIVE_PROMPT, true_cfg_scale=cfg)
-    return pipe(prompt=prompt, height=H, width=W, num_inference_steps=steps or bp.DEFAULT_STEPS,
-                max_sequence_length=bp.MAX_SEQ, generator=torch.Generator().manual_seed(seed), **kw).images[0]
+    gen = torch.Generator().manual_seed(seed)
+    with job_generators(pipe, [gen]):  # a stochastic scheduler's per-step noise from the same generator
+        return pipe(prompt=prompt, height=H, width=W, num_inference_steps=steps or bp.DEFAULT_STEPS,
+                    max_sequence_length=bp.MAX_SEQ, generator=gen, **kw).images[0]
 
 
 def edit(kpipe, instruction, src_img, seed=0, steps=None, cfg=None):
@@ -432,30 +436,37 @@ def edit(kpipe, instruction, src_img, seed=0, steps=None, cfg=None):
 
     from training import build_pipeline as bp
 
+    from darkroom.engines.sampling import job_generators
+
     W, H = src_img.size
     kw = {}
     cfg = (bp.DEFAULT_EDIT_CFG if hasattr(bp, "DEFAULT_EDIT_CFG") else 1.0) if cfg is None else cfg
     if cfg and cfg > 1:
         kw = dict(negative_prompt=bp.NEGATIVE_PROMPT, true_cfg_scale=cfg)
-    return kpipe(image=src_img, prompt=instruction, height=H, width=W, max_area=W * H, _auto_resize=False,
-                 num_inference_steps=steps or bp.DEFAULT_STEPS, max_sequence_length=bp.MAX_SEQ,
-                 generator=torch.Generator().manual_seed(seed), **kw).images[0]
+    gen = torch.Generator().manual_seed(seed)
+    with job_generators(kpipe, [gen]):
+        return kpipe(image=src_img, prompt=instruction, height=H, width=W, max_area=W * H, _auto_resize=False,
+                     num_inference_steps=steps or bp.DEFAULT_STEPS, max_sequence_length=bp.MAX_SEQ,
+                     generator=gen, **kw).images[0]
 
 
 def evaluate_model(model_dir, n_per_cat=25, n_edits=20, steps=None, cfg=None, edit_cfg=None, seed=0,
-                   save_dir=None, sets=None, log=print, decoder=None, pipe=None):
+                   save_dir=None, sets=None, log=print, decoder=None, pipe=None, scheduler: dict | None = None):
     import torch
     from diffusers import FluxKontextPipeline
 
     from training import build_pipeline as bp
 
     pipe = pipe or bp.load_pipeline(model_dir)
+    if scheduler:  # sampler A/Bs: override the saved scheduler config (e.g. stochastic_sampling, shift)
+        pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **scheduler})
     if decoder:
         pipe.vae.load_state_dict(torch.load(decoder, map_location="cpu"))
     kpipe = FluxKontextPipeline.from_pipe(pipe)
     kpipe.set_progress_bar_config(disable=True)
     sets = sets or world.eval_sets(n_per_cat=n_per_cat, n_edits_per_kind=n_edits)
-    res: dict = {"steps": steps or bp.DEFAULT_STEPS, "cfg": cfg, "edit_cfg": edit_cfg}
+    res: dict = {"steps": steps or bp.DEFAULT_STEPS, "cfg": cfg, "edit_cfg": edit_cfg,
+                 "scheduler": dict(pipe.scheduler.config)}
     t0 = time.time()
     for split in ("heldout", "paraphrase"):
         per, partial = {}, []
@@ -505,11 +516,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-dir", default=None)
     ap.add_argument("--decoder", default=None, help="VAE state dict to swap in (decoder trained separately)")
+    ap.add_argument("--shift", type=float, default=None, help="override the scheduler's shift")
+    ap.add_argument("--stochastic", type=int, choices=[0, 1], default=None,
+                    help="override the scheduler's stochastic_sampling")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    scheduler = {}
+    if args.shift is not None:
+        scheduler["shift"] = args.shift
+    if args.stochastic is not None:
+        scheduler["stochastic_sampling"] = bool(args.stochastic)
     res = evaluate_model(args.model, args.n, args.n_edits, args.steps, args.cfg, args.edit_cfg, save_dir=args.save_dir,
-                         decoder=args.decoder)
+                         decoder=args.decoder, scheduler=scheduler)
     res["model"] = args.model
     print(json.dumps(res, indent=1))
     if args.out:

@@ -243,6 +243,37 @@ def render(scene: Scene, size: tuple[int, int] | None = None) -> Image.Image:
     return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
 
 
+LABEL_FACTOR = 4  # labels are at the analytic latents' resolution (the image avg-pooled 4x4)
+
+
+def render_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel ground truth at 1/4 of the native size, for darkroom-mini's auxiliary training loss.
+
+    Returns ``classes`` (2, h, w) uint8: colour index (0 background, 1..8 in ``COLOURS`` order) and
+    shape index (0 background, 1..6 in ``SHAPES`` order) of the object covering at least half of the
+    pixel (the topmost, as ``render`` paints them); and ``offsets`` (2, h, w) float32: the pixel's
+    offset from its object's centre in units of that object's radius (0 on the background), which
+    says which *instance* a pixel belongs to, and so where each object is and how many there are."""
+    W, H = scene.size
+    f = LABEL_FACTOR
+    w, h = W // f, H // f
+    classes = np.zeros((2, h, w), np.uint8)
+    offsets = np.zeros((2, h, w), np.float32)
+    gx = (np.arange(w, dtype=np.float32) + 0.5) * f
+    gy = (np.arange(h, dtype=np.float32) + 0.5) * f
+    colours, shapes = list(COLOURS), SHAPES
+    for o in scene.objects:
+        r = object_radius_px(o.size, W, H)
+        m = _shape_mask(o.shape, o.cx * w * SS, o.cy * h * SS, r / f * SS, w * SS, h * SS)
+        cov = np.asarray(m.resize((w, h), Image.BOX), np.float32) / 255.0
+        on = cov >= 0.5
+        classes[0][on] = colours.index(o.colour) + 1
+        classes[1][on] = shapes.index(o.shape) + 1
+        offsets[0][on] = np.broadcast_to((gx[None, :] - o.cx * W) / r, (h, w))[on]
+        offsets[1][on] = np.broadcast_to((gy[:, None] - o.cy * H) / r, (h, w))[on]
+    return classes, offsets
+
+
 # --------------------------------------------------------------------------
 # Layout
 # --------------------------------------------------------------------------

@@ -343,3 +343,23 @@ def test_generate_loads_on_demand_and_close_frees(tiny_registry):
     assert not engine.loaded
     assert engine.generate([job()], keep_going)[0].image is not None
     engine.close()
+
+
+def test_stochastic_scheduler_noise_comes_from_the_jobs_seed(make_engine):
+    """diffusers' Flux pipelines call ``scheduler.step`` without the generator, so a stochastic
+    scheduler would draw from torch's global RNG; the engine hands it each job's generator."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    engine = make_engine("tiny")
+    plain = pixels(engine.generate([job(seed=7, steps=3)], keep_going)[0])
+    pipe = engine._pipe
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config({**pipe.scheduler.config, "stochastic_sampling": True})
+    torch.manual_seed(1)
+    first = pixels(engine.generate([job(seed=7, steps=3)], keep_going)[0])
+    torch.manual_seed(2)  # another global RNG state: the job's pixels do not move
+    again = pixels(engine.generate([job(seed=7, steps=3)], keep_going)[0])
+    other = pixels(engine.generate([job(seed=8, steps=3)], keep_going)[0])
+    assert first == again
+    assert first != other
+    assert first != plain  # the per-step noise is really drawn (the sampler is not the plain ODE)
+    assert "step" not in vars(pipe.scheduler)  # the per-call hook is gone afterwards

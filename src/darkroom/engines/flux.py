@@ -9,7 +9,8 @@ pipeline needs (multiples of 2 x the VAE's scale factor: 16 for FLUX). The image
 resized to exactly the job's width x height.
 
 Determinism. Each job gets its own ``torch.Generator`` seeded with ``job.seed``, so the
-same job gives the same pixels on the same machine. Batching alike jobs into one
+same job gives the same pixels on the same machine; with a stochastic scheduler the per-step noise
+comes from the same generator (``sampling.job_generators``). Batching alike jobs into one
 pipeline call (option ``max_batch`` > 1) keeps each job's noise but not bit-exact
 pixels: a batch of two changes matrix shapes and so rounding (measured: +-1 in a few
 pixel values on CPU). So the default is one job per call.
@@ -46,6 +47,7 @@ from darkroom.engines.loader import (
     resolve_dtype,
 )
 from darkroom.engines.registry import ModelSpec
+from darkroom.engines.sampling import job_generators
 from darkroom.errors import EngineError
 
 
@@ -186,13 +188,14 @@ class FluxEngine:
                 pipeline._interrupt = True
             return {}
 
+        generators = [torch.Generator(self.device).manual_seed(plan.job.seed) for plan in group]
         kwargs: dict[str, Any] = dict(
             prompt=[plan.job.prompt for plan in group],
             width=width,
             height=height,
             num_inference_steps=first.steps,
             guidance_scale=first.guidance,
-            generator=[torch.Generator(self.device).manual_seed(plan.job.seed) for plan in group],
+            generator=generators,
             callback_on_step_end=on_step_end,
             output_type="pil",
         )
@@ -216,7 +219,8 @@ class FluxEngine:
 
         started = time.perf_counter()
         try:
-            images = pipe(**kwargs).images
+            with job_generators(pipe, generators):  # stochastic schedulers: per-job noise (see sampling.py)
+                images = pipe(**kwargs).images
         except torch.OutOfMemoryError as exc:
             self._free_cuda_cache()
             raise EngineError(f"out of memory: {exc}", code="out_of_memory") from exc
