@@ -383,11 +383,6 @@ class AuxHead(torch.nn.Module):
             self.feats = out[1]
         self._hook = block.register_forward_hook(keep)
 
-    def detach(self):
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
     @staticmethod
     def to_tokens(lab: torch.Tensor) -> torch.Tensor:
         """(B, K, h4, w4) label maps -> (B, tokens, K, 16) in ``FluxPipeline._pack_latents`` token order
