@@ -150,6 +150,12 @@ def test_smoke_training_and_pipeline_load(tmp_path):
                 "--out", str(tmp_path / "mini-cont"), "--run", str(tmp_path / "run-cont")])
     cont = torch.load(tmp_path / "run-cont" / "ckpt.pt", map_location="cpu", weights_only=False)
     assert cont["step"] == 6 and cont["vae_scale"] == state["vae_scale"]
+    # a noise-coupled run reads its layouts from the noise: it ships the deterministic sampler
+    train.main(["--smoke", "--coupling", "noise", "--out", str(tmp_path / "mini-field"),
+                "--run", str(tmp_path / "run-field")])
+    fp = FluxPipeline.from_pretrained(str(tmp_path / "mini-field"), text_encoder=enc, text_encoder_2=enc,
+                                      dtype=torch.float32)
+    assert not fp.scheduler.config.stochastic_sampling
     # the denoising probe reads the exported pipeline (an untrained model: finite, large errors)
     from training.probe import LEVELS, probe
 
@@ -297,3 +303,65 @@ def test_aux_head_tokens_follow_the_pipeline_packing():
     assert packed.shape[1] == tokens.shape[1]
     for n in range(packed.shape[1]):
         assert set(packed[0, n].tolist()) == set(tokens[0, n, 0].tolist())
+
+
+def _noise(asp, seed):
+    W, H = world.ASPECTS[asp]
+    d = world.NOISE_DOWN
+    return np.random.default_rng(seed).standard_normal((12, H // d, W // d)).astype(np.float32)
+
+
+def test_noise_coupled_layouts_follow_the_noise_and_the_prompt():
+    """world.coupled_place: the layout is a function of the noise (same noise, same scene), obeys every
+    constraint of the prompt (the detector scores the ground-truth render correct), and a lone object
+    sits where its colour channel's layout codes put it."""
+    rng = random.Random(3)
+    for k in range(60):
+        asp = list(world.ASPECTS)[k % len(world.ASPECTS)]
+        f = _noise(asp, k)
+        cap, spec, sc = world.sample_t2i(rng, "train", aspect=asp, layout_noise=f)
+        again = world.scene_from_spec(spec, asp, random.Random(99), bg=sc.bg, layout_noise=f)
+        assert again is not None and again.objects == sc.objects, cap
+        r = ev.score(world.render(sc), spec)
+        assert r["correct"], (cap, r["checks"])
+    asp = "1:1"
+    W, H = world.ASPECTS[asp]
+    spec = {"category": "single", "groups": [{"shape": "star", "colour": "blue", "size": "small", "count": 1,
+                                              "position": "left"}], "relations": [], "exact": True, "background": None}
+    from scipy.special import ndtr
+
+    r = world.object_radius_px("small", W, H)
+    xlo, xhi, ylo, yhi = world._clamp_region(world._pos_region("left", W, H, r), W, H, r)
+    xs = []
+    for seed in range(20):
+        f = _noise(asp, 1000 + seed)
+        o = world.scene_from_spec(spec, asp, random.Random(0), layout_noise=f).objects[0]
+        u, v = ndtr(world.noise_codes(f)[list(world.COLOURS).index("blue"), :2])
+        assert np.isclose(o.cx * W, xlo + u * (xhi - xlo)) and np.isclose(o.cy * H, ylo + v * (yhi - ylo))
+        xs.append(o.cy)
+    assert np.std(xs) > 0.05  # different noise, different place: the seed still varies the image
+
+
+def test_layout_codes_are_standard_normal_and_blind_to_flat_images():
+    codes = np.stack([world.noise_codes(_noise("16:9", s)) for s in range(400)])
+    assert abs(codes.mean()) < 0.03 and abs(codes.std() - 1) < 0.03
+    assert abs(np.corrcoef(codes[:, 0, 0], codes[:, 0, 1])[0, 1]) < 0.15  # independent codes
+    f = _noise("1:1", 1)
+    flat = np.zeros_like(f)
+    flat[:, :, :] = np.random.default_rng(0).normal(size=(12, 1, 1))  # a plain image in every channel
+    flat[:, :8, :8] += 1.5  # and a token-aligned square
+    assert np.allclose(world.noise_codes(f + flat), world.noise_codes(f), atol=1e-5)
+
+
+def test_coupled_render_chunk_ships_the_noise_its_layout_came_from():
+    from training.train import render_chunk
+    from training import build_pipeline as bp
+
+    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True))
+    nz = out[-1]
+    W, H = world.ASPECTS["16:9"]
+    assert nz.shape == (5, 12, H // 8, W // 8) and str(nz.dtype) == "torch.float16"
+    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True))
+    assert (again[-1] == nz).all() and (again[3] == out[3]).all()
+    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False))[-1] is None
+    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True))[-1] is None  # edits: noise drawn per step

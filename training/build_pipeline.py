@@ -107,8 +107,10 @@ def assemble(transformer, vae, text_encoder=None, max_len: int = MAX_SEQ, kontex
                text_encoder_2=text_encoder, tokenizer_2=make_tokenizer(max_len), transformer=transformer)
 
 
-def save_pipeline(transformer, vae, out: str | os.PathLike, extra_meta: dict | None = None):
-    """Save a FluxPipeline folder with fp16 weights and no text encoders."""
+def save_pipeline(transformer, vae, out: str | os.PathLike, extra_meta: dict | None = None,
+                  scheduler: dict | None = None):
+    """Save a FluxPipeline folder with fp16 weights and no text encoders (``scheduler``: overrides of
+    ``SCHEDULER_CFG`` for the saved scheduler, e.g. the deterministic sampler a noise-coupled model needs)."""
     import copy
 
     out = Path(out)
@@ -116,6 +118,8 @@ def save_pipeline(transformer, vae, out: str | os.PathLike, extra_meta: dict | N
     t16 = copy.deepcopy(transformer).to("cpu", torch.float16)
     v16 = copy.deepcopy(vae).to("cpu", torch.float16)
     pipe = assemble(t16, v16, text_encoder=None)
+    if scheduler:
+        pipe.scheduler = make_scheduler(**scheduler)
     pipe.save_pretrained(str(out), safe_serialization=True)
     meta = {
         "name": "darkroom-mini",

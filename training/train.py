@@ -140,21 +140,32 @@ def _caption_fits(text: str, max_len: int) -> bool:
 
 
 def render_chunk(job: tuple) -> tuple:
-    """Render one chunk of training samples: (seed, kind, aspect, k, max_len) -> (kind, aspect,
-    captions, target latents, context latents, label classes, label offsets), latents unscaled (``analytic_latents``, a
-    per-pixel average, so the same bits in any process). A top-level function so that
-    --data-workers processes can run it; the chunk's own seed makes the data independent of the
-    worker count, and shipping latents instead of images keeps the main process (which feeds the
-    GPU) free of per-pixel work."""
-    seed, kind, asp, k, max_len = job
+    """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled) -> (kind,
+    aspect, captions, target latents, context latents, label classes, label offsets, noise), latents
+    unscaled (``analytic_latents``, a per-pixel average, so the same bits in any process). With
+    ``coupled`` each text-to-image sample comes with its own fp16 noise (12, H/8, W/8) and its layout
+    is read from that noise (``world.coupled_place``); otherwise noise is None and the training step
+    draws it. A top-level function so that --data-workers processes can run it; the chunk's own seed
+    makes the data independent of the worker count, and shipping latents instead of images keeps
+    the main process (which feeds the GPU) free of per-pixel work."""
+    seed, kind, asp, k, max_len, coupled = job
     rng = random.Random(seed)
-    caps, tg, ctx, cls, off = [], [], [], [], []
+    nrng = np.random.default_rng(seed)
+    W, H = world.ASPECTS[asp]
+    f = world.NOISE_DOWN
+    caps, tg, ctx, cls, off, nz = [], [], [], [], [], []
     while len(caps) < k:
         if kind == "t2i":
-            cap, _, sc = world.sample_t2i(rng, "train", aspect=asp)
+            noise = None
+            if coupled:  # rounded first: the layout must follow the noise the step will see
+                noise = nrng.standard_normal((12, H // f, W // f), dtype=np.float32).astype(np.float16)
+            cap, _, sc = world.sample_t2i(rng, "train", aspect=asp,
+                                          layout_noise=None if noise is None else noise.astype(np.float32))
             if not _caption_fits(cap, max_len):
                 continue
             caps.append(cap)
+            if noise is not None:
+                nz.append(torch.from_numpy(noise))
             tg.append(to_tensor(world.render(sc)))
             c, o = world.render_labels(sc)
         else:
@@ -170,7 +181,8 @@ def render_chunk(job: tuple) -> tuple:
         off.append(torch.from_numpy(o))
     zt = analytic_latents(torch.stack(tg))
     zc = analytic_latents(torch.stack(ctx)) if ctx else None
-    return kind, asp, caps, zt, zc, torch.stack(cls), torch.stack(off).to(torch.float16)
+    return kind, asp, caps, zt, zc, torch.stack(cls), torch.stack(off).to(torch.float16), \
+        (torch.stack(nz) if nz else None)
 
 
 def _worker_init():
@@ -213,8 +225,9 @@ class Pool:
     ``device``; each bucket is a ring of fp16 tensors on ``device`` (see ``_Ring``)."""
 
     def __init__(self, pipe: FluxPipeline, max_len: int, cap: int, workers: int = 0,
-                 device: torch.device | str = "cpu", chunk: int = 64):
+                 device: torch.device | str = "cpu", chunk: int = 64, coupled: bool = False):
         self.pipe = pipe
+        self.coupled = coupled
         self.chunk = chunk
         self.max_len = max_len
         self.cap = cap
@@ -275,7 +288,7 @@ class Pool:
             for kind in ("t2i", "edit"):
                 k = int(round(per_aspect * 2 * (edit_frac if kind == "edit" else 1 - edit_frac)))
                 while k > 0:  # chunks of at most self.chunk samples keep many workers evenly busy
-                    jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len))
+                    jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len, self.coupled))
                     k -= self.chunk
         return jobs
 
@@ -297,14 +310,16 @@ class Pool:
                 jobs = self._jobs(n, rng, edit_frac)
             chunks = self._pending.get()
             self._pending = self._procs.map_async(render_chunk, jobs)
-        for kind, asp, caps, tg, ctx, cls, off in chunks:
-            self._add(kind, asp, caps, tg, ctx, cls, off)
+        for kind, asp, caps, tg, ctx, cls, off, nz in chunks:
+            self._add(kind, asp, caps, tg, ctx, cls, off, nz)
         self.n = sum(b.len for b in self.buckets.values())
 
-    def _add(self, kind, asp, caps, tg, ctx, cls, off):
+    def _add(self, kind, asp, caps, tg, ctx, cls, off, nz=None):
         pe, pooled = self.encode_text(caps)
         rows = {"pe": pe, "pooled": pooled, "z": self.scale_latents(tg), "cls": cls.to(self.device),
                 "off": off.to(self.device)}
+        if nz is not None:
+            rows["noise"] = nz.to(self.device)
         if ctx is not None:
             rows["ctx"] = self.scale_latents(ctx)
         key = (kind, asp)
@@ -322,7 +337,10 @@ class Pool:
         idx = torch.tensor([rng.randrange(b.len) for _ in range(bs)], device=self.device)
         f = b.get(idx)
         ctx = f["ctx"].float() if kind == "edit" else None
-        return kind, f["pe"].float(), f["pooled"].float(), f["z"].float(), ctx, {"cls": f["cls"], "off": f["off"].float()}
+        aux = {"cls": f["cls"], "off": f["off"].float()}
+        if "noise" in f:
+            aux["noise"] = f["noise"].float()
+        return kind, f["pe"].float(), f["pooled"].float(), f["z"].float(), ctx, aux
 
 
 # ---------------------------------------------------------------------------
@@ -424,6 +442,8 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift
     # fixed by its seed; a device generator on a GPU, where host-side draws would stall the device)
     dev = gen.device
     noise = torch.randn(x0.shape, generator=gen, device=dev).to(z.device)
+    if aux is not None and "noise" in aux:  # noise-coupled sample: its layout was read from this noise
+        noise = P._pack_latents(aux["noise"], B, C, h, w)
     u = torch.rand(B, generator=gen, device=dev)
     ln = torch.sigmoid(torch.randn(B, generator=gen, device=dev) * 1.0)
     s = torch.where(u < 0.8, ln, torch.rand(B, generator=gen, device=dev))
@@ -486,6 +506,11 @@ def main(argv=None):
                          "and run 4); 0: no head")
     ap.add_argument("--aux-block", type=int, default=-1,
                     help="index into the double-stream blocks whose image output the head reads")
+    ap.add_argument("--coupling", default="none", choices=["none", "noise"],
+                    help="noise: each text-to-image sample's layout is read from its own noise "
+                         "(world.coupled_place): straight flow paths, sharp targets at every noise level; "
+                         "sampled with the deterministic sampler. Tried in session 5: not learnt in 30 "
+                         "minutes (docs/darkroom-mini.md)")
     ap.add_argument("--edit-frac", type=float, default=0.3)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
@@ -616,7 +641,8 @@ def main(argv=None):
 
     data_rng = random.Random(args.seed * 1000003 + step)
     gen = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(args.seed * 7919 + step)
-    pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device)
+    pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device,
+                coupled=args.coupling == "noise")
     t0 = time.time()
     init_n = 48 if args.smoke else args.init_pool
     pool.generate(init_n, data_rng, args.edit_frac)
@@ -643,12 +669,15 @@ def main(argv=None):
                    str(ckpt_path) + ".tmp")
         os.replace(str(ckpt_path) + ".tmp", ckpt_path)
         exp = run / "export"
+        # a noise-coupled model reads its layout from the initial noise: a stochastic sampler would
+        # replace that noise at every step, so it ships with the deterministic one
+        sched = {"stochastic_sampling": False} if args.coupling == "noise" else None
         bp.save_pipeline(ema, vae, exp, {"train_step": step, "train_minutes": round(elapsed() / 60, 1),
-                                         "seed": args.seed})
+                                         "seed": args.seed}, scheduler=sched)
         log(f"checkpoint step {step} -> {ckpt_path}, export -> {exp}")
         if final:
             bp.save_pipeline(ema, vae, args.out, {"train_step": step, "train_minutes": round(elapsed() / 60, 1),
-                                                  "seed": args.seed})
+                                                  "seed": args.seed}, scheduler=sched)
             log(f"final pipeline -> {args.out}")
 
     transformer.train()

@@ -355,6 +355,133 @@ def place(items: list[dict], relations: list, W: int, H: int, rng: random.Random
 
 
 # --------------------------------------------------------------------------
+# Layout read from the sampling noise (darkroom-mini's noise-coupled training)
+# --------------------------------------------------------------------------
+NOISE_DOWN = 8  # the noise is at the VAE's latent resolution: (12, H/8, W/8)
+N_LAYOUT_CH = 12
+
+
+def _phi(x):
+    """Standard normal CDF: a N(0, 1) value -> a uniform one in (0, 1)."""
+    from scipy.special import ndtr
+
+    return ndtr(x)
+
+
+def noise_codes(noise: np.ndarray) -> np.ndarray:
+    """(12, h, w) noise -> (12, 3) i.i.d. N(0, 1) layout codes.
+
+    Per channel, the three orthonormal contrasts between the 2x2 latent pixels of each transformer
+    token (``FluxPipeline._pack_latents``), summed over the tokens and divided by sqrt(tokens). Why
+    contrasts inside a token: a flat-colour image has none away from edges, so the codes stay readable
+    in x_t = (1 - s) x0 + s noise well below s = 1; a plain mean would be swamped by the image's
+    mean colour at once. Summed over all tokens, they are global: any token can read them with one
+    uniform attention head."""
+    a, b = noise[:, 0::2, 0::2], noise[:, 0::2, 1::2]
+    c, d = noise[:, 1::2, 0::2], noise[:, 1::2, 1::2]
+    con = np.stack([(a + b - c - d), (a - b + c - d), (a - b - c + d)], 1) / 2  # (12, 3, th, tw)
+    return con.sum((2, 3)) / math.sqrt(con.shape[2] * con.shape[3])
+
+
+def coupled_place(items: list[dict], relations: list, W: int, H: int, noise: np.ndarray, iters: int = 60):
+    """Place ``items`` (same constraints as ``place``) as a smooth function of the noise's layout
+    codes (``noise_codes``). Returns [(cx, cy, size)] in native pixels, or None when the constraints
+    cannot be met (the caller draws another prompt, as when ``place`` fails).
+
+    Why: with independent noise and data, the best a flow model can predict from pure noise is the
+    average of every layout the prompt allows, a haze that a small model resolves into the wrong
+    number of objects. When the layout is a function of the noise, the x0 target is sharp at every
+    noise level: a data-dependent coupling that makes the flow's paths straight (rectified flow's
+    reflow, here by construction). The noise stays N(0, I), so stock samplers and pipelines apply.
+
+    Codes: the k-th item of colour c (in the order anchors, colour, shape) reads channel c for k = 0
+    and the next unused one of channels 8..11 otherwise: u, v = Phi(code 0, 1) place it in its
+    position region (or in the relation's wedge from its anchor), code 2 > 0 makes it big when the
+    prompt gives no size. Overlaps are pushed apart (a smooth, deterministic relaxation)."""
+    codes = noise_codes(noise)
+    colours = list(COLOURS)
+    gap = 0.06 * min(W, H) + 2
+    spare = iter(range(len(colours), N_LAYOUT_CH))
+    seen: dict[str, int] = {}
+    rel_of = {i: (rel, j) for (i, rel, j) in relations}
+    uv, rad, sizes = [], [], []
+    for it in items:
+        n = seen.get(it["colour"], 0)
+        seen[it["colour"]] = n + 1
+        ch = colours.index(it["colour"]) if n == 0 else next(spare, None)
+        if ch is None:
+            return None
+        uv.append((float(_phi(codes[ch, 0])), float(_phi(codes[ch, 1]))))
+        sizes.append(it.get("size") or ("small" if it.get("force_small") or codes[ch, 2] <= 0 else "big"))
+        rad.append(object_radius_px(sizes[-1], W, H))
+    pos, regions = [], []
+    for k, it in enumerate(items):
+        r, (u, v) = rad[k], uv[k]
+        reg = list(_clamp_region(_pos_region(it.get("position"), W, H, r), W, H, r))
+        for i, (rel, j) in rel_of.items():  # an anchor leaves room for what is placed relative to it
+            if j == k:
+                room = 2 * rad[i] + 1 + r + gap
+                if rel == "left_of":
+                    reg[0] = max(reg[0], room)
+                elif rel == "right_of":
+                    reg[1] = min(reg[1], W - room)
+                elif rel == "above":
+                    reg[2] = max(reg[2], room)
+                else:
+                    reg[3] = min(reg[3], H - room)
+        if reg[0] > reg[1] or reg[2] > reg[3]:
+            return None
+        if k in rel_of:
+            rel, j = rel_of[k]
+            (jx, jy), sep = pos[j], r + rad[j] + gap
+            horiz = rel in ("left_of", "right_of")
+            room = (jx if rel == "left_of" else W - jx if rel == "right_of" else jy if rel == "above" else H - jy) \
+                - r - 1
+            d = sep + u * max(0.0, min(0.25 * (W if horiz else H), room - sep))
+            side = (2 * v - 1) * 0.35 * d
+            x, y = (jx - d if rel == "left_of" else jx + d, jy + side) if horiz else \
+                (jx + side, jy - d if rel == "above" else jy + d)
+            reg = [r + 1, W - r - 1, r + 1, H - r - 1]
+            x, y = min(max(x, reg[0]), reg[1]), min(max(y, reg[2]), reg[3])
+        else:
+            x, y = reg[0] + u * (reg[1] - reg[0]), reg[2] + v * (reg[3] - reg[2])
+        pos.append([x, y])
+        regions.append(reg)
+    for _ in range(iters):  # push overlapping pairs apart along their centre line, keep each in its region
+        moved = False
+        for i in range(len(items)):
+            for j in range(i):
+                dx, dy = pos[i][0] - pos[j][0], pos[i][1] - pos[j][1]
+                dist = math.hypot(dx, dy)
+                need = rad[i] + rad[j] + gap
+                if dist < need:
+                    moved = True
+                    if dist < 1e-6:
+                        dx, dy, dist = 1.0, 0.0, 1.0
+                    push = (need - dist) / 2 + 0.5
+                    pos[i][0] += dx / dist * push
+                    pos[i][1] += dy / dist * push
+                    pos[j][0] -= dx / dist * push
+                    pos[j][1] -= dy / dist * push
+        for p, (xlo, xhi, ylo, yhi) in zip(pos, regions):
+            p[0], p[1] = min(max(p[0], xlo), xhi), min(max(p[1], ylo), yhi)
+        if not moved:
+            break
+    for i in range(len(items)):  # what the prompt says must hold after the relaxation
+        for j in range(i):
+            if math.hypot(pos[i][0] - pos[j][0], pos[i][1] - pos[j][1]) < rad[i] + rad[j] + gap:
+                return None
+        if i in rel_of:
+            rel, j = rel_of[i]
+            dx, dy = pos[i][0] - pos[j][0], pos[i][1] - pos[j][1]
+            ok = {"left_of": -dx > 0.6 * abs(dy), "right_of": dx > 0.6 * abs(dy),
+                  "above": -dy > 0.6 * abs(dx), "below": dy > 0.6 * abs(dx)}[rel]
+            if not ok:
+                return None
+    return [(p[0], p[1], sz) for p, sz in zip(pos, sizes)]
+
+
+# --------------------------------------------------------------------------
 # Held-out split
 # --------------------------------------------------------------------------
 HELDOUT_FRACTION = 0.12
@@ -523,15 +650,20 @@ def sample_spec(rng: random.Random, category: str | None = None) -> dict:
     return {"category": cat, "groups": groups, "relations": rels, "exact": True, "background": None}
 
 
-def scene_from_spec(spec: dict, aspect: str, rng: random.Random, bg=None) -> Scene | None:
+def scene_from_spec(spec: dict, aspect: str, rng: random.Random, bg=None, layout_noise: np.ndarray | None = None) -> Scene | None:
+    """A scene for ``spec``; with ``layout_noise`` (noise at the latent resolution, see
+    ``coupled_place``) the layout is read from it, else drawn from ``rng``."""
     W, H = ASPECTS[aspect]
     items, owners = [], []
     for gi, g in enumerate(spec["groups"]):
         for _ in range(g["count"]):
-            sz = g.get("size") or rng.choice(SIZES)
-            if g["count"] >= 3 and g.get("size") is None:
-                sz = "small"
-            items.append({"size": sz, "position": g.get("position"), "shape": g["shape"], "colour": g["colour"]})
+            small = g["count"] >= 3 and g.get("size") is None
+            if layout_noise is not None:  # the noise decides unspecified sizes
+                sz = g.get("size")
+            else:
+                sz = "small" if small else (g.get("size") or rng.choice(SIZES))
+            items.append({"size": sz, "position": g.get("position"), "shape": g["shape"], "colour": g["colour"],
+                          "force_small": small})
             owners.append(gi)
     # groups' first item index
     first = {}
@@ -540,16 +672,29 @@ def scene_from_spec(spec: dict, aspect: str, rng: random.Random, bg=None) -> Sce
     relations = []
     for (i, rel, j) in spec["relations"]:
         relations.append((first[i], rel, first[j]))
-    # order so that relation targets come first
-    order = sorted(range(len(items)), key=lambda k: 1 if any(k == a for (a, _, _) in relations) else 0)
+    # order so that relation targets come first (with layout noise: then colour and shape, a canonical
+    # order the model can learn, since it decides which item reads which noise channel)
+    src = lambda k: 1 if any(k == a for (a, _, _) in relations) else 0  # noqa: E731
+    if layout_noise is not None:
+        cols = list(COLOURS)
+        order = sorted(range(len(items)), key=lambda k: (src(k), cols.index(items[k]["colour"]),
+                                                         SHAPES.index(items[k]["shape"])))
+    else:
+        order = sorted(range(len(items)), key=src)
     inv = {k: n for n, k in enumerate(order)}
     items_o = [items[k] for k in order]
     rel_o = [(inv[a], r, inv[b]) for (a, r, b) in relations]
     rel_o = [(a, r, b) if b < a else (b, INVERSE_REL[r], a) for (a, r, b) in rel_o]
-    pos = place(items_o, rel_o, W, H, rng)
-    if pos is None:
-        return None
-    objs = [Obj(it["shape"], it["colour"], it["size"], x / W, y / H) for it, (x, y) in zip(items_o, pos)]
+    if layout_noise is not None:
+        got = coupled_place(items_o, rel_o, W, H, layout_noise)
+        if got is None:
+            return None
+        objs = [Obj(it["shape"], it["colour"], sz, x / W, y / H) for it, (x, y, sz) in zip(items_o, got)]
+    else:
+        pos = place(items_o, rel_o, W, H, rng)
+        if pos is None:
+            return None
+        objs = [Obj(it["shape"], it["colour"], it["size"], x / W, y / H) for it, (x, y) in zip(items_o, pos)]
     if bg is None:
         bg = spec["background"] if spec.get("background") else _rand_bg(rng)
         if bg[0] == "gradient" and len(bg) == 3:
@@ -558,7 +703,7 @@ def scene_from_spec(spec: dict, aspect: str, rng: random.Random, bg=None) -> Sce
 
 
 def sample_t2i(rng: random.Random, split: str = "train", category: str | None = None,
-               aspect: str | None = None, mode: str | None = None):
+               aspect: str | None = None, mode: str | None = None, layout_noise: np.ndarray | None = None):
     """Sample (caption, spec, scene).
 
     split: 'train' (combinations not held out), 'heldout' (held-out combos), 'any'.
@@ -571,7 +716,7 @@ def sample_t2i(rng: random.Random, split: str = "train", category: str | None = 
             if is_heldout(spec) != (split == "heldout"):
                 continue
         asp = aspect or rng.choice(list(ASPECTS))
-        scene = scene_from_spec(spec, asp, rng)
+        scene = scene_from_spec(spec, asp, rng, layout_noise=layout_noise)
         if scene is None:
             continue
         with_bg = rng.random() < 0.4
