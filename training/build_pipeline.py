@@ -37,7 +37,7 @@ from training.analytic_vae import VAE_CFG  # noqa: E402  (AutoencoderKL config, 
 # scheduler its generator, as darkroom's engine does (darkroom.engines.sampling.job_generators).
 SCHEDULER_CFG = dict(num_train_timesteps=1000, shift=2.0, use_dynamic_shifting=False, stochastic_sampling=True)
 DEFAULT_STEPS = 8
-DEFAULT_TRUE_CFG = 3.0  # true CFG with negative_prompt=" " (see docs/darkroom-mini.md)
+DEFAULT_TRUE_CFG = 1.0  # no true CFG: on runs 4 and 5 CFG 3 doubled the extra objects (docs/darkroom-mini.md)
 NEGATIVE_PROMPT = ""
 
 

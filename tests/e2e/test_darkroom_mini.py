@@ -75,7 +75,7 @@ def test_darkroom_mini_is_the_default_with_its_real_ranges(mini: Deployment) -> 
     params = {p["name"]: p for p in info["parameters"]}
     assert params["steps"]["default"] == 8
     assert params["steps"]["constraints"] == {"minimum": 1, "maximum": 50}
-    assert params["guidance"]["default"] == 3.0 and params["guidance"]["constraints"]["minimum"] == 1.0
+    assert params["guidance"]["default"] == 1.0 and params["guidance"]["constraints"]["minimum"] == 1.0
     assert "input_image" in params  # Kontext editing
     assert params["aspect_ratio"]["constraints"]["range"] == "3:7 to 7:3"
 
