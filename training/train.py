@@ -158,7 +158,7 @@ def render_chunk(job: tuple) -> tuple:
         if kind == "t2i":
             noise = None
             if coupled:  # rounded first: the layout must follow the noise the step will see
-                noise = nrng.standard_normal((12, H // f, W // f), dtype=np.float32).astype(np.float16)
+                noise = nrng.standard_normal((world.N_LAYOUT_CH, H // f, W // f), dtype=np.float32).astype(np.float16)
             cap, _, sc = world.sample_t2i(rng, "train", aspect=asp,
                                           layout_noise=None if noise is None else noise.astype(np.float32))
             if not _caption_fits(cap, max_len):
@@ -441,9 +441,10 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift
     # draws come from ``gen`` on its own device (the CPU generator on a CPU run, so a run's noise is
     # fixed by its seed; a device generator on a GPU, where host-side draws would stall the device)
     dev = gen.device
-    noise = torch.randn(x0.shape, generator=gen, device=dev).to(z.device)
     if aux is not None and "noise" in aux:  # noise-coupled sample: its layout was read from this noise
         noise = P._pack_latents(aux["noise"], B, C, h, w)
+    else:
+        noise = torch.randn(x0.shape, generator=gen, device=dev).to(z.device)
     u = torch.rand(B, generator=gen, device=dev)
     ln = torch.sigmoid(torch.randn(B, generator=gen, device=dev) * 1.0)
     s = torch.where(u < 0.8, ln, torch.rand(B, generator=gen, device=dev))

@@ -358,7 +358,7 @@ def place(items: list[dict], relations: list, W: int, H: int, rng: random.Random
 # Layout read from the sampling noise (darkroom-mini's noise-coupled training)
 # --------------------------------------------------------------------------
 NOISE_DOWN = 8  # the noise is at the VAE's latent resolution: (12, H/8, W/8)
-N_LAYOUT_CH = 12
+N_LAYOUT_CH = 12  # the latent channels: the noise a pipeline draws is (12, H/8, W/8)
 
 
 def _phi(x):
@@ -660,8 +660,9 @@ def scene_from_spec(spec: dict, aspect: str, rng: random.Random, bg=None, layout
             small = g["count"] >= 3 and g.get("size") is None
             if layout_noise is not None:  # the noise decides unspecified sizes
                 sz = g.get("size")
-            else:
-                sz = "small" if small else (g.get("size") or rng.choice(SIZES))
+            else:  # (the draw happens even when overridden: the eval sets depend on this rng stream)
+                sz = g.get("size") or rng.choice(SIZES)
+                sz = "small" if small else sz
             items.append({"size": sz, "position": g.get("position"), "shape": g["shape"], "colour": g["colour"],
                           "force_small": small})
             owners.append(gi)
