@@ -357,11 +357,66 @@ def test_coupled_render_chunk_ships_the_noise_its_layout_came_from():
     from training.train import render_chunk
     from training import build_pipeline as bp
 
-    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True))
+    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random"))
     nz = out[-1]
     W, H = world.ASPECTS["16:9"]
     assert nz.shape == (5, 12, H // 8, W // 8) and str(nz.dtype) == "torch.float16"
-    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True))
+    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random"))
     assert (again[-1] == nz).all() and (again[3] == out[3]).all()
-    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False))[-1] is None
-    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True))[-1] is None  # edits: noise drawn per step
+    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random"))[-1] is None
+    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random"))[-1] is None  # edits: noise drawn per step
+
+
+def test_canonical_layouts_are_one_layout_per_prompt_and_obey_it():
+    """world.canonical_place: every constraint of the prompt holds (the detector scores the
+    ground-truth render correct), the same prompt gets the same layout up to the small jitter, and
+    a list's groups sit in reading order in the order the caption names them."""
+    rng = random.Random(5)
+    lists = 0
+    for k in range(120):
+        asp = list(world.ASPECTS)[k % len(world.ASPECTS)]
+        W, H = world.ASPECTS[asp]
+        cap, spec, sc = world.sample_t2i(rng, "train", aspect=asp, layout="canonical")
+        r = ev.score(world.render(sc), spec)
+        assert r["correct"], (cap, r["checks"])
+        again = world.scene_from_spec(spec, asp, random.Random(k + 1000), bg=sc.bg, layout="canonical")
+        tol = 2 * world.CANON_JITTER * min(W, H) + 1e-6
+        for a, b in zip(sc.objects, again.objects):
+            assert (a.shape, a.colour) == (b.shape, b.colour)
+            if a.size == b.size:  # an unspecified size is still drawn
+                assert abs(a.cx - b.cx) * W <= tol and abs(a.cy - b.cy) * H <= tol, cap
+        if len(spec["groups"]) > 1 and not spec["relations"]:
+            lists += 1
+            key = (lambda o: (round(o.cy, 1), o.cx)) if W >= H else (lambda o: (round(o.cx, 1), o.cy))
+            names = [(o.shape, o.colour) for o in sorted(sc.objects, key=key)]
+            firsts = [names.index((g["shape"], g["colour"])) for g in spec["groups"]]
+            assert firsts == sorted(firsts), cap
+            phrases = [cap.find(w) for g in spec["groups"] for w in [g["colour"]] if cap.find(w) >= 0]
+            assert phrases == sorted(phrases) or len(phrases) < len(spec["groups"]), cap
+    assert lists >= 20
+    # a single object with no position word is centred
+    spec = {"category": "single", "groups": [{"shape": "star", "colour": "blue", "size": "big", "count": 1,
+                                              "position": None}], "relations": [], "exact": True, "background": None}
+    o = world.scene_from_spec(spec, "16:9", random.Random(0), layout="canonical").objects[0]
+    assert abs(o.cx - 0.5) <= world.CANON_JITTER * 96 / 176 + 1e-6 and abs(o.cy - 0.5) <= world.CANON_JITTER + 1e-6
+
+
+def test_canonical_edits_put_moved_and_added_objects_at_fixed_spots():
+    rng = random.Random(11)
+    for k in range(40):
+        kind = ["move", "add"][k % 2]
+        asp = list(world.ASPECTS)[k % len(world.ASPECTS)]
+        W, H = world.ASPECTS[asp]
+        instr, src, tgt, spec = world.sample_edit(rng, kind, asp, layout="canonical")
+        s, t = world.render_pair(src, tgt)
+        assert ev.score_edit(t, s, t, spec)["correct"], instr
+        new = [o for o in tgt.objects if o not in src.objects]
+        assert len(new) == 1
+        o = new[0]
+        r = world.object_radius_px(o.size, W, H)
+        spots = [world.region_centre(p, W, H, r) for p in [None] + world.POSITIONS]
+        assert any(np.isclose(o.cx * W, x) and np.isclose(o.cy * H, y) for x, y in spots), instr
+    # the default stays random: the evaluation sets and earlier runs' data do not change
+    a = world.sample_t2i(random.Random(1), "train", aspect="1:1")
+    b = world.sample_t2i(random.Random(1), "train", aspect="1:1", layout="random")
+    assert a[0] == b[0] and a[2] == b[2]

@@ -140,7 +140,7 @@ def _caption_fits(text: str, max_len: int) -> bool:
 
 
 def render_chunk(job: tuple) -> tuple:
-    """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled) -> (kind,
+    """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled, layout) -> (kind,
     aspect, captions, target latents, context latents, label classes, label offsets, noise), latents
     unscaled (``analytic_latents``, a per-pixel average, so the same bits in any process). With
     ``coupled`` each text-to-image sample comes with its own fp16 noise (12, H/8, W/8) and its layout
@@ -148,7 +148,7 @@ def render_chunk(job: tuple) -> tuple:
     draws it. A top-level function so that --data-workers processes can run it; the chunk's own seed
     makes the data independent of the worker count, and shipping latents instead of images keeps
     the main process (which feeds the GPU) free of per-pixel work."""
-    seed, kind, asp, k, max_len, coupled = job
+    seed, kind, asp, k, max_len, coupled, layout = job
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     W, H = world.ASPECTS[asp]
@@ -159,7 +159,7 @@ def render_chunk(job: tuple) -> tuple:
             noise = None
             if coupled:  # rounded first: the layout must follow the noise the step will see
                 noise = nrng.standard_normal((world.N_LAYOUT_CH, H // f, W // f), dtype=np.float32).astype(np.float16)
-            cap, _, sc = world.sample_t2i(rng, "train", aspect=asp,
+            cap, _, sc = world.sample_t2i(rng, "train", aspect=asp, layout=layout,
                                           layout_noise=None if noise is None else noise.astype(np.float32))
             if not _caption_fits(cap, max_len):
                 continue
@@ -169,7 +169,7 @@ def render_chunk(job: tuple) -> tuple:
             tg.append(to_tensor(world.render(sc)))
             c, o = world.render_labels(sc)
         else:
-            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp)
+            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp, layout=layout)
             if not _caption_fits(ins, max_len):
                 continue
             s_img, t_img = world.render_pair(src, tgt)
@@ -225,9 +225,11 @@ class Pool:
     ``device``; each bucket is a ring of fp16 tensors on ``device`` (see ``_Ring``)."""
 
     def __init__(self, pipe: FluxPipeline, max_len: int, cap: int, workers: int = 0,
-                 device: torch.device | str = "cpu", chunk: int = 64, coupled: bool = False):
+                 device: torch.device | str = "cpu", chunk: int = 64, coupled: bool = False,
+                 layout: str = "canonical"):
         self.pipe = pipe
         self.coupled = coupled
+        self.layout = layout
         self.chunk = chunk
         self.max_len = max_len
         self.cap = cap
@@ -288,7 +290,8 @@ class Pool:
             for kind in ("t2i", "edit"):
                 k = int(round(per_aspect * 2 * (edit_frac if kind == "edit" else 1 - edit_frac)))
                 while k > 0:  # chunks of at most self.chunk samples keep many workers evenly busy
-                    jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len, self.coupled))
+                    jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len, self.coupled,
+                                 self.layout))
                     k -= self.chunk
         return jobs
 
@@ -512,6 +515,9 @@ def main(argv=None):
                          "(world.coupled_place): straight flow paths, sharp targets at every noise level; "
                          "sampled with the deterministic sampler. Tried in session 5: not learnt in 30 "
                          "minutes (docs/darkroom-mini.md)")
+    ap.add_argument("--layout", default="canonical", choices=["canonical", "random"],
+                    help="canonical: one layout per prompt (world.canonical_place), so the target is sharp "
+                         "from pure noise; random: drawn anywhere the prompt allows (runs 1-5)")
     ap.add_argument("--edit-frac", type=float, default=0.3)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
@@ -643,7 +649,7 @@ def main(argv=None):
     data_rng = random.Random(args.seed * 1000003 + step)
     gen = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(args.seed * 7919 + step)
     pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device,
-                coupled=args.coupling == "noise")
+                coupled=args.coupling == "noise", layout=args.layout)
     t0 = time.time()
     init_n = 48 if args.smoke else args.init_pool
     pool.generate(init_n, data_rng, args.edit_frac)
