@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -48,10 +49,46 @@ def test_heldout_split_is_disjoint_from_training():
     assert all(world.is_heldout(spec) for _, spec, _ in sets["heldout"])
 
 
+def _has_phrase(text: str, phrase: str) -> bool:
+    return re.search(r"(?<![\w-])" + re.escape(phrase.lower()) + r"(?![\w-])", text.lower()) is not None
+
+
 def test_paraphrase_wordings_not_in_training_vocab():
-    train_words = {w for tbl in (world.COLOUR_WORDS, world.SHAPE_WORDS) for v in tbl.values() for w in v["train"]}
-    para_words = {w for tbl in (world.COLOUR_WORDS, world.SHAPE_WORDS) for v in tbl.values() for w in v["para"]}
+    tables = (world.COLOUR_WORDS, world.SHAPE_WORDS, world.SIZE_WORDS, world.NUM_WORDS, world.POS_WORDS,
+              world.REL_WORDS, world.BG_WORDS)
+    train_words = {w for tbl in tables for v in tbl.values() for w in v["train"]}
+    train_words |= {w for tbl in world.EXTRA_WORDS.values() for ws in tbl.values() for w in ws}
+    para_words = {w for tbl in tables for v in tbl.values() for w in v["para"]}
     assert not (train_words & para_words)
+    # every key of every table has its extra words (a missing one would be a KeyError mid-training)
+    assert {k: set(v) for k, v in world.EXTRA_WORDS.items()} == {
+        world._EXTRA_OF[id(t)]: set(t) for t in tables}
+
+
+def test_rich_training_captions_never_use_paraphrase_wordings(monkeypatch):
+    """The 'rich' training captions (training captions since run 7) add synonyms and frames; none of
+    the paraphrase set's words or frames may leak in, or the paraphrase score would stop measuring
+    unseen wordings. They do use the extra words, and the evaluation sets keep the core ones."""
+    monkeypatch.setattr(world, "RICH_P", 0.5)  # render_chunk sets it per chunk; pin it here
+    rng = random.Random(3)
+    caps = [world.sample_t2i(rng, "train", mode="rich", layout="canonical")[0] for _ in range(1500)]
+    caps += [world.sample_edit(rng, mode="rich")[0] for _ in range(500)]
+    leaks = [(m, c) for c in caps for m in world.PARA_MARKERS if _has_phrase(c, m)]
+    assert not leaks, leaks[:5]
+    # the paraphrase set does use its markers (so the check above can fail)
+    para = world.eval_sets(n_per_cat=4, n_edits_per_kind=1)["paraphrase"]
+    assert sum(any(_has_phrase(c, m) for m in world.PARA_MARKERS) for c, _, _ in para) == len(para)
+    extra = {w for tbl in world.EXTRA_WORDS.values() for ws in tbl.values() for w in ws}
+    used = {w for w in extra if any(_has_phrase(c, w) for c in caps)}
+    assert len(used) > 0.9 * len(extra)
+    held = world.eval_sets(n_per_cat=4, n_edits_per_kind=2)
+    evals = [c for c, _, _ in held["heldout"]] + [e[0] for e in held["edits"]]
+    # extra words that are not also core words or part of one ("to the left" is in "to the left of")
+    core = {w for tbl in (world.COLOUR_WORDS, world.SHAPE_WORDS, world.SIZE_WORDS, world.NUM_WORDS,
+                          world.POS_WORDS, world.REL_WORDS, world.BG_WORDS) for v in tbl.values() for w in v["train"]}
+    extra_only = {w for w in extra if not any(_has_phrase(c, w) for c in core)}
+    assert len(extra_only) > 0.8 * len(extra)
+    assert not [(w, c) for c in evals for w in extra_only if _has_phrase(c, w)]
 
 
 def test_detector_scores_ground_truth_renders():
@@ -357,14 +394,14 @@ def test_coupled_render_chunk_ships_the_noise_its_layout_came_from():
     from training.train import render_chunk
     from training import build_pipeline as bp
 
-    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random"))
+    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0))
     nz = out[-1]
     W, H = world.ASPECTS["16:9"]
     assert nz.shape == (5, 12, H // 8, W // 8) and str(nz.dtype) == "torch.float16"
-    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random"))
+    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0))
     assert (again[-1] == nz).all() and (again[3] == out[3]).all()
-    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random"))[-1] is None
-    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random"))[-1] is None  # edits: noise drawn per step
+    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0))[-1] is None
+    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0))[-1] is None  # edits: noise drawn per step
 
 
 def test_canonical_layouts_are_one_layout_per_prompt_and_obey_it():

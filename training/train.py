@@ -140,7 +140,7 @@ def _caption_fits(text: str, max_len: int) -> bool:
 
 
 def render_chunk(job: tuple) -> tuple:
-    """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled, layout) -> (kind,
+    """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled, layout, rich_p) -> (kind,
     aspect, captions, target latents, context latents, label classes, label offsets, noise), latents
     unscaled (``analytic_latents``, a per-pixel average, so the same bits in any process). With
     ``coupled`` each text-to-image sample comes with its own fp16 noise (12, H/8, W/8) and its layout
@@ -148,7 +148,10 @@ def render_chunk(job: tuple) -> tuple:
     draws it. A top-level function so that --data-workers processes can run it; the chunk's own seed
     makes the data independent of the worker count, and shipping latents instead of images keeps
     the main process (which feeds the GPU) free of per-pixel work."""
-    seed, kind, asp, k, max_len, coupled, layout = job
+    seed, kind, asp, k, max_len, coupled, layout, rich_p = job
+    # caption wording: core words only, or also world.EXTRA_WORDS with probability rich_p
+    mode = "rich" if rich_p > 0 else "train"
+    world.RICH_P = rich_p
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     W, H = world.ASPECTS[asp]
@@ -159,7 +162,7 @@ def render_chunk(job: tuple) -> tuple:
             noise = None
             if coupled:  # rounded first: the layout must follow the noise the step will see
                 noise = nrng.standard_normal((world.N_LAYOUT_CH, H // f, W // f), dtype=np.float32).astype(np.float16)
-            cap, _, sc = world.sample_t2i(rng, "train", aspect=asp, layout=layout,
+            cap, _, sc = world.sample_t2i(rng, "train", aspect=asp, layout=layout, mode=mode,
                                           layout_noise=None if noise is None else noise.astype(np.float32))
             if not _caption_fits(cap, max_len):
                 continue
@@ -169,7 +172,7 @@ def render_chunk(job: tuple) -> tuple:
             tg.append(to_tensor(world.render(sc)))
             c, o = world.render_labels(sc)
         else:
-            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp, layout=layout)
+            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp, layout=layout, mode=mode)
             if not _caption_fits(ins, max_len):
                 continue
             s_img, t_img = world.render_pair(src, tgt)
@@ -226,10 +229,11 @@ class Pool:
 
     def __init__(self, pipe: FluxPipeline, max_len: int, cap: int, workers: int = 0,
                  device: torch.device | str = "cpu", chunk: int = 64, coupled: bool = False,
-                 layout: str = "canonical"):
+                 layout: str = "canonical", rich_p: float = 0.0):
         self.pipe = pipe
         self.coupled = coupled
         self.layout = layout
+        self.rich_p = rich_p
         self.chunk = chunk
         self.max_len = max_len
         self.cap = cap
@@ -291,7 +295,7 @@ class Pool:
                 k = int(round(per_aspect * 2 * (edit_frac if kind == "edit" else 1 - edit_frac)))
                 while k > 0:  # chunks of at most self.chunk samples keep many workers evenly busy
                     jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len, self.coupled,
-                                 self.layout))
+                                 self.layout, self.rich_p))
                     k -= self.chunk
         return jobs
 
@@ -518,6 +522,10 @@ def main(argv=None):
     ap.add_argument("--layout", default="canonical", choices=["canonical", "random"],
                     help="canonical: one layout per prompt (world.canonical_place), so the target is sharp "
                          "from pure noise; random: drawn anywhere the prompt allows (runs 1-5)")
+    ap.add_argument("--rich-p", type=float, default=0.2,
+                    help="how often a training caption's word or frame comes from world.EXTRA_WORDS (more "
+                         "synonyms and frames, none of the paraphrase set's), so unseen wordings land among seen "
+                         "ones; 0: the core two-ish words per concept (runs 1-6); run 7 used 0.5")
     ap.add_argument("--edit-frac", type=float, default=0.3)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
@@ -649,7 +657,7 @@ def main(argv=None):
     data_rng = random.Random(args.seed * 1000003 + step)
     gen = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(args.seed * 7919 + step)
     pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device,
-                coupled=args.coupling == "noise", layout=args.layout)
+                coupled=args.coupling == "noise", layout=args.layout, rich_p=args.rich_p)
     t0 = time.time()
     init_n = 48 if args.smoke else args.init_pool
     pool.generate(init_n, data_rng, args.edit_frac)
