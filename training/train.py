@@ -522,10 +522,11 @@ def main(argv=None):
     ap.add_argument("--layout", default="canonical", choices=["canonical", "random"],
                     help="canonical: one layout per prompt (world.canonical_place), so the target is sharp "
                          "from pure noise; random: drawn anywhere the prompt allows (runs 1-5)")
-    ap.add_argument("--rich-p", type=float, default=0.2,
+    ap.add_argument("--rich-p", type=float, default=0.0,
                     help="how often a training caption's word or frame comes from world.EXTRA_WORDS (more "
                          "synonyms and frames, none of the paraphrase set's), so unseen wordings land among seen "
-                         "ones; 0: the core two-ish words per concept (runs 1-6); run 7 used 0.5")
+                         "ones; 0 (runs 1-6, the best held-out score): the core two-ish words per concept. Run 7 "
+                         "used 0.5 and run 8 0.2: paraphrases gained, held-out lost more (docs/darkroom-mini.md)")
     ap.add_argument("--edit-frac", type=float, default=0.3)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)

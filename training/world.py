@@ -182,8 +182,8 @@ PARA_MARKERS = sorted({w for tbl in (COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS, NUM_
 # How often a 'rich' caption takes an extra word or frame over a core one. Run 7 used 0.5 and
 # lost held-out accuracy (0.21 against run 6's 0.68: blobby shapes, the shape words spread over
 # twice as many synonyms) while its paraphrase/held-out ratio of passed checks doubled; run 8
-# tries 0.2. Set by the training data code (train.render_chunk) per chunk, so worker processes
-# see the run's value too.
+# used 0.2: held-out 0.36, paraphrase 0.11 (run 6: 0.06). Set by the training data code
+# (train.render_chunk, from --rich-p) per chunk, so worker processes see the run's value too.
 RICH_P = 0.2
 
 
