@@ -54,8 +54,7 @@ def _has_phrase(text: str, phrase: str) -> bool:
 
 
 def test_paraphrase_wordings_not_in_training_vocab():
-    tables = (world.COLOUR_WORDS, world.SHAPE_WORDS, world.SIZE_WORDS, world.NUM_WORDS, world.POS_WORDS,
-              world.REL_WORDS, world.BG_WORDS)
+    tables = world.WORD_TABLES.values()
     train_words = {w for tbl in tables for v in tbl.values() for w in v["train"]}
     train_words |= {w for tbl in world.EXTRA_WORDS.values() for ws in tbl.values() for w in ws}
     para_words = {w for tbl in tables for v in tbl.values() for w in v["para"]}
@@ -84,8 +83,7 @@ def test_rich_training_captions_never_use_paraphrase_wordings(monkeypatch):
     held = world.eval_sets(n_per_cat=4, n_edits_per_kind=2)
     evals = [c for c, _, _ in held["heldout"]] + [e[0] for e in held["edits"]]
     # extra words that are not also core words or part of one ("to the left" is in "to the left of")
-    core = {w for tbl in (world.COLOUR_WORDS, world.SHAPE_WORDS, world.SIZE_WORDS, world.NUM_WORDS,
-                          world.POS_WORDS, world.REL_WORDS, world.BG_WORDS) for v in tbl.values() for w in v["train"]}
+    core = {w for tbl in world.WORD_TABLES.values() for v in tbl.values() for w in v["train"]}
     extra_only = {w for w in extra if not any(_has_phrase(c, w) for c in core)}
     assert len(extra_only) > 0.8 * len(extra)
     assert not [(w, c) for c in evals for w in extra_only if _has_phrase(c, w)]

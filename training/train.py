@@ -149,7 +149,8 @@ def render_chunk(job: tuple) -> tuple:
     makes the data independent of the worker count, and shipping latents instead of images keeps
     the main process (which feeds the GPU) free of per-pixel work."""
     seed, kind, asp, k, max_len, coupled, layout, rich_p = job
-    # caption wording: core words only, or also world.EXTRA_WORDS with probability rich_p
+    # caption wording: core words only, or also world.EXTRA_WORDS with probability rich_p ('train' for 0:
+    # 'rich' draws one more random number per word, which would change runs 1-6's data stream)
     mode = "rich" if rich_p > 0 else "train"
     world.RICH_P = rich_p
     rng = random.Random(seed)

@@ -169,11 +169,12 @@ EXTRA_WORDS: dict[str, dict[Any, list[str]]] = {
     },
 }
 SHAPE_PLURAL.update({"annulus": "annuli"})
-_EXTRA_OF = {id(COLOUR_WORDS): "colour", id(SHAPE_WORDS): "shape", id(SIZE_WORDS): "size", id(NUM_WORDS): "num",
-             id(POS_WORDS): "pos", id(REL_WORDS): "rel", id(BG_WORDS): "bg"}
+# Every word table, by the name its extra words go under.
+WORD_TABLES: dict[str, dict] = {"colour": COLOUR_WORDS, "shape": SHAPE_WORDS, "size": SIZE_WORDS, "num": NUM_WORDS,
+                                "pos": POS_WORDS, "rel": REL_WORDS, "bg": BG_WORDS}
+_EXTRA_OF = {id(tbl): name for name, tbl in WORD_TABLES.items()}
 # Words and frames of the paraphrase set that no training caption may contain (whole words).
-PARA_MARKERS = sorted({w for tbl in (COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS, NUM_WORDS, POS_WORDS, REL_WORDS, BG_WORDS)
-                       for v in tbl.values() for w in v["para"]}
+PARA_MARKERS = sorted({w for tbl in WORD_TABLES.values() for v in tbl.values() for w in v["para"]}
                       | {"I see", "sits", "sitting", "drawing", "sketch", "in which", "that is", "containing",
                          "as well as", "can be seen", "canvas", "field", "fading", "blend", "scarlet", "orb",
                          "cube", "tile", "pyramid", "doughnut", "loop", "huge", "miniature", "pair", "trio"})
