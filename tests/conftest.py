@@ -29,6 +29,7 @@ path = "{kontext}"
 brief_description = "tiny random FLUX Kontext for tests"
 [models.tiny-edit.parameters]
 steps = {{ default = 2, minimum = 1, maximum = 50 }}
+guidance = {{ default = 3.5, edit_default = 1.5, minimum = 0.0, maximum = 20.0 }}
 [models.tiny-edit.options]
 native_area = 4096
 max_sequence_length = 16

@@ -440,7 +440,7 @@ def edit(kpipe, instruction, src_img, seed=0, steps=None, cfg=None):
 
     W, H = src_img.size
     kw = {}
-    cfg = (bp.DEFAULT_EDIT_CFG if hasattr(bp, "DEFAULT_EDIT_CFG") else 1.0) if cfg is None else cfg
+    cfg = bp.DEFAULT_EDIT_CFG if cfg is None else cfg
     if cfg and cfg > 1:
         kw = dict(negative_prompt=bp.NEGATIVE_PROMPT, true_cfg_scale=cfg)
     gen = torch.Generator().manual_seed(seed)

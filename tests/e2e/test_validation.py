@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import httpx
 import pytest
+from PIL import Image
 
 from darkroom.store import Store
 
@@ -122,3 +124,18 @@ def test_defaults_are_filled_in(deployment) -> None:
     payload = deployment.a.status(submitted["request_id"])["payload"]
     assert payload == {"prompt": "a ring", "aspect_ratio": "1:1", "seed": 0, "prompt_upsampling": False,
                        "safety_tolerance": 2, "output_format": "jpeg", "guidance": 3.5, "steps": 2}
+
+
+def test_an_edit_gets_the_models_edit_default(deployment) -> None:
+    """tiny-edit's registry entry gives guidance a separate default for edits (edit_default 1.5)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, format="PNG")
+    image = base64.b64encode(buf.getvalue()).decode()
+    edit = deployment.a.submit("tiny-edit", prompt="make it blue", input_image=image)
+    t2i = deployment.a.submit("tiny-edit", prompt="a ring")
+    explicit = deployment.a.submit("tiny-edit", prompt="make it blue", input_image=image, guidance=4.0)
+    assert deployment.a.status(edit["request_id"])["payload"]["guidance"] == 1.5
+    assert deployment.a.status(t2i["request_id"])["payload"]["guidance"] == 3.5
+    assert deployment.a.status(explicit["request_id"])["payload"]["guidance"] == 4.0
+    guidance = next(p for p in deployment.a.get("/models/tiny-edit").json()["parameters"] if p["name"] == "guidance")
+    assert guidance["default"] == 3.5 and guidance["edit_default"] == 1.5

@@ -112,6 +112,9 @@ class RequestList(BaseModel):
 
 
 class ParameterRecord(BaseModel):
+    # extra: ``edit_default``, only on parameters whose default differs for edits (see engines/params.py)
+    model_config = ConfigDict(extra="allow")
+
     name: str
     type: str
     required: bool

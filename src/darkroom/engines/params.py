@@ -40,6 +40,12 @@ class ParamSpec:
     min_length: int | None = None
     max_length: int | None = None
     choices: tuple[Any, ...] | None = None
+    # The default when the request edits (has an input image), where it differs: darkroom-mini's
+    # true CFG helps text-to-image but pulls edits away from the source (docs/darkroom-mini.md).
+    edit_default: Any = None
+
+    def default_for(self, editing: bool) -> Any:
+        return self.edit_default if editing and self.edit_default is not None else self.default
 
     def constraints(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -68,7 +74,7 @@ class ParamSpec:
             "default": self.default,
             "description": self.description,
             "constraints": self.constraints(),
-        }
+        } | ({"edit_default": self.edit_default} if self.edit_default is not None else {})
 
     def json_schema(self) -> dict[str, Any]:
         """A JSON Schema fragment for the OpenAPI document."""
@@ -215,12 +221,13 @@ def validate_payload(params: list[ParamSpec], payload: Any, *, max_image_bytes: 
         if name not in known:
             raise InvalidField(f"payload.{name}", f"unknown field; this model accepts: {', '.join(known)}")
     out: dict[str, Any] = {}
+    editing = any(payload.get(name) for name in INPUT_IMAGE_FIELDS)
     for spec in params:
         field = f"payload.{spec.name}"
         if spec.name not in payload:
             if spec.required:
                 raise InvalidField(field, "is required")
-            out[spec.name] = spec.default
+            out[spec.name] = spec.default_for(editing)
             continue
         value = payload[spec.name]
         if value is None:
