@@ -44,6 +44,12 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     dep.server.stop()
 
 
+@pytest.fixture(scope="module")
+def sets() -> dict:
+    """One of each case per category/kind; the held-out test takes two per category from its own set."""
+    return world.eval_sets(n_per_cat=1, n_edits_per_kind=1)
+
+
 def _image(final: dict) -> Image.Image:
     assert final["status"] == "success", final
     resp = httpx.get(final["outcome"]["media_urls"][0]["url"], timeout=30)
@@ -92,17 +98,17 @@ def test_fixed_heldout_prompts_pass_the_evaluator(mini: Deployment) -> None:
     assert correct >= HELDOUT_FLOOR, [(cap, r["checks"]) for (cap, _, _), r in zip(cases, results)]
 
 
-def test_fixed_paraphrases_pass_checks(mini: Deployment) -> None:
-    cases = world.eval_sets(n_per_cat=1, n_edits_per_kind=1)["paraphrase"]
+def test_fixed_paraphrases_pass_checks(mini: Deployment, sets: dict) -> None:
+    cases = sets["paraphrase"]
     results = _score_prompts(mini, cases, seed0=300)
     checks = float(np.mean([np.mean(list(r["checks"].values())) if r["checks"] else 0.0 for r in results]))
     print(f"paraphrase checks passed {checks:.3f}")
     assert checks >= PARAPHRASE_CHECKS_FLOOR, [(cap, r["checks"]) for (cap, _, _), r in zip(cases, results)]
 
 
-def test_fixed_edits_pass_the_evaluator(mini: Deployment) -> None:
+def test_fixed_edits_pass_the_evaluator(mini: Deployment, sets: dict) -> None:
     results = []
-    for i, (instruction, src, tgt, spec) in enumerate(world.eval_sets(n_per_cat=1, n_edits_per_kind=1)["edits"]):
+    for i, (instruction, src, tgt, spec) in enumerate(sets["edits"]):
         source, target = world.render_pair(src, tgt)
         final = mini.a.wait(mini.a.submit("darkroom-mini", prompt=instruction, input_image=_b64_png(source),
                                           seed=200 + i, output_format="png")["request_id"])
