@@ -215,6 +215,27 @@ def test_detail_weights_favour_shape_outlines_and_edited_pixels():
     assert torch.equal(detail_weights(z, None, 0.0), torch.ones_like(w))
 
 
+def test_separate_edit_weights_keep_outlines_weighted_when_the_background_changes():
+    import torch
+
+    from training.train import detail_weights
+
+    ctx = torch.zeros(1, 12, 16, 16)
+    ctx[:, :, 4:8, 4:8] = 1.0  # a square on a flat background
+    z = ctx + 0.5
+    z[:, :, 4:8, 4:8] = 1.0  # the same square, the background changed everywhere else
+    outline, far = (0, 0, 4, 4), (0, 0, 13, 13)
+    joint = detail_weights(z, ctx, 4.0, "joint")
+    separate = detail_weights(z, ctx, 4.0, "separate")
+    assert torch.allclose(separate.mean(dim=(2, 3)), torch.ones(1, 1))
+    # joint: the change map covers the whole background and the outline is barely above it
+    assert joint[outline] < 2 * joint[far]
+    # separate: the outline keeps its edge weight on top of the change weight
+    assert separate[outline] > 4 * separate[far]
+    # text-to-image samples (no context) are weighted the same either way
+    assert torch.equal(detail_weights(z, None, 4.0, "separate"), detail_weights(z, None, 4.0, "joint"))
+
+
 def test_adaln_zero_init_starts_every_block_as_identity():
     import torch
 
@@ -455,3 +476,20 @@ def test_canonical_edits_put_moved_and_added_objects_at_fixed_spots():
     a = world.sample_t2i(random.Random(1), "train", aspect="1:1")
     b = world.sample_t2i(random.Random(1), "train", aspect="1:1", layout="random")
     assert a[0] == b[0] and a[2] == b[2]
+
+
+def test_encoder_probe_finds_concept_words_longest_first_and_reads_their_tokens():
+    from training import build_pipeline as bp
+    from training import encoder_probe as probe
+
+    lex = probe.lexicon()
+    found = [(p.table, p.key, p.text, p.split) for _, _, p in
+             probe.find_phrases("I see two grassy green orbs as well as a big red box on a mint green field", lex)]
+    assert found == [("colour", "green", "grassy green", "para"), ("shape", "circle", "orb", "para"),
+                     ("size", "big", "big", "train"), ("colour", "red", "red", "train"),
+                     ("shape", "square", "box", "train"), ("bg", "mint", "mint green", "para")]
+    enc, tok = bp.load_text_encoder(), bp.make_tokenizer()
+    caps = ["a crimson ball", "a scarlet orb"]
+    states = probe.word_states(caps, lex, enc, tok)
+    assert [(s[0].text, s[2]) for s in states] == [("crimson", 0), ("ball", 0), ("scarlet", 1), ("orb", 1)]
+    assert all(s[1].shape == (384,) for s in states)

@@ -354,24 +354,36 @@ class Pool:
 # ---------------------------------------------------------------------------
 # Transformer step (mirrors FluxPipeline / FluxKontextPipeline exactly)
 # ---------------------------------------------------------------------------
-def detail_weights(z: torch.Tensor, ctx: torch.Tensor | None, strength: float) -> torch.Tensor:
+def detail_weights(z: torch.Tensor, ctx: torch.Tensor | None, strength: float,
+                   edit_weights: str = "joint") -> torch.Tensor:
     """Per-latent-pixel loss weights (B,1,h,w), mean 1 per image: 1 + strength x (normalised
     edge map, dilated by one pixel), plus where an edit changes the image.
 
     Why: in this world most pixels are flat background and flat shape interiors, which the model
     learns first; a shape's identity (circle vs heart vs star) lives in the few pixels along its
     outline, so plain MSE gives it almost no gradient and samples stay blobs long after colours
-    and positions are right. Up-weighting those pixels aims the same compute at what is missing."""
+    and positions are right. Up-weighting those pixels aims the same compute at what is missing.
+
+    ``edit_weights``: how an edit's change map joins the edge map. "joint" (runs 1-10): their sum is
+    normalised once, so a change-background edit, whose change covers the whole background, drowns
+    the outlines, and those edits came out with blobbed objects (run 9: 3/8 right, session 10).
+    "separate": each map is normalised to mean 1 on its own before they are added, so the outlines
+    keep their share whatever the edit changes."""
     def edges(x):
         gx = (x[..., :, 1:] - x[..., :, :-1]).abs().sum(1, keepdim=True)
         gy = (x[..., 1:, :] - x[..., :-1, :]).abs().sum(1, keepdim=True)
         return F.pad(gx, (0, 1, 0, 0)) + F.pad(gy, (0, 0, 0, 1))
 
-    e = edges(z)
-    if ctx is not None:
-        e = e + (z - ctx).abs().sum(1, keepdim=True)
-    e = F.max_pool2d(e, 3, stride=1, padding=1)
-    e = e / (e.mean(dim=(2, 3), keepdim=True) + 1e-6)
+    def normalised(e):
+        e = F.max_pool2d(e, 3, stride=1, padding=1)
+        return e / (e.mean(dim=(2, 3), keepdim=True) + 1e-6)
+
+    if ctx is None:
+        e = normalised(edges(z))
+    elif edit_weights == "separate":
+        e = normalised(edges(z)) + normalised((z - ctx).abs().sum(1, keepdim=True))
+    else:
+        e = normalised(edges(z) + (z - ctx).abs().sum(1, keepdim=True))
     wt = 1.0 + strength * e
     return wt / wt.mean(dim=(2, 3), keepdim=True)
 
@@ -439,7 +451,8 @@ class AuxHead(torch.nn.Module):
 
 def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift: float = 1.0,
               bf16: bool = False, edge_weight: float = 0.0, aux_head: AuxHead | None = None,
-              aux: dict | None = None, aux_keep: torch.Tensor | None = None, aux_weight: float = 0.0):
+              aux: dict | None = None, aux_keep: torch.Tensor | None = None, aux_weight: float = 0.0,
+              edit_weights: str = "joint"):
     """Rectified-flow loss (plus ``aux_weight`` x the auxiliary head's loss when one is attached)."""
     B, C, h, w = z.shape
     P = FluxPipeline
@@ -473,7 +486,7 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift
     if edge_weight <= 0:
         loss = F.mse_loss(out, noise - x0)
     else:
-        wt = detail_weights(z, ctx, edge_weight).expand(B, C, h, w)
+        wt = detail_weights(z, ctx, edge_weight, edit_weights).expand(B, C, h, w)
         loss = ((out - (noise - x0)) ** 2 * P._pack_latents(wt, B, C, h, w)).mean()
     if aux_head is not None and aux_weight > 0:
         loss = loss + aux_weight * aux_head.loss(N, aux, aux_keep)
@@ -510,6 +523,10 @@ def main(argv=None):
                     help="train this many steps (the lr schedule follows steps) instead of --hours")
     ap.add_argument("--edge-weight", type=float, default=4.0,
                     help="extra loss weight on shape edges and edited regions (see flow_loss)")
+    ap.add_argument("--edit-weights", default="joint", choices=["joint", "separate"],
+                    help="how an edit's change map joins the edge map in the detail weights: normalised together "
+                         "(joint, runs 1-10) or each on its own (separate: a background change no longer drowns "
+                         "the outlines; see detail_weights)")
     ap.add_argument("--aux-weight", type=float, default=0.3,
                     help="weight of the training-only semantic head's loss (see AuxHead; 0.3 from an A/B "
                          "and run 4); 0: no head")
@@ -741,7 +758,7 @@ def main(argv=None):
                 aux_keep = (~drop).float()
         loss = flow_loss(transformer, pe, pooled, z, ctx, gen, args.train_shift, bf16=args.bf16,
                          edge_weight=args.edge_weight, aux_head=aux_head, aux=aux, aux_keep=aux_keep,
-                         aux_weight=args.aux_weight)
+                         aux_weight=args.aux_weight, edit_weights=args.edit_weights)
         opt.zero_grad(set_to_none=True)
         if sync_guard and not torch.isfinite(loss):  # an unattended run must not die (or poison the EMA) on one bad batch
             log(f"step {step}: non-finite loss, batch skipped")
