@@ -215,6 +215,16 @@ def test_detail_weights_favour_shape_outlines_and_edited_pixels():
     assert torch.equal(detail_weights(z, None, 0.0), torch.ones_like(w))
 
 
+def test_smoke_run_with_separate_edit_weights_and_an_edit_only_evaluation(tmp_path):
+    from training import train
+
+    out = tmp_path / "mini-sep"
+    train.main(["--smoke", "--edit-weights", "separate", "--out", str(out), "--run", str(tmp_path / "run")])
+    res = ev.evaluate_model(str(out), n_per_cat=1, n_edits=1, steps=2, splits=("edits",), log=lambda *a: None)
+    assert "heldout" not in res and "paraphrase" not in res  # --splits edits: no text-to-image split run
+    assert res["edits"]["n"] == len(world.EDIT_KINDS) and set(res["edits"]["per_kind"]) == set(world.EDIT_KINDS)
+
+
 def test_separate_edit_weights_keep_outlines_weighted_when_the_background_changes():
     import torch
 
