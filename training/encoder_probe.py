@@ -23,6 +23,7 @@ import argparse
 import json
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -67,17 +68,24 @@ def find_phrases(text: str, lex: list[Phrase]) -> list[tuple[int, int, Phrase]]:
     return sorted(taken, key=lambda t: t[0])
 
 
+@contextmanager
+def _every_training_word():
+    """'rich' captions with half core, half extra words, so every training word of every concept appears."""
+    saved = world.RICH_P
+    world.RICH_P = 0.5
+    try:
+        yield
+    finally:
+        world.RICH_P = saved
+
+
 def captions(mode: str, n: int, seed: int) -> list[str]:
     """``n`` captions of random specs in ``mode`` ('rich' with every slot free to take an extra word,
     or 'para')."""
     rng = random.Random(seed)
-    saved = world.RICH_P
-    world.RICH_P = 0.5  # half core, half extra words: every training word of every concept appears
-    try:
+    with _every_training_word():
         return [world.caption(world.sample_spec(rng), world._rand_bg(rng), mode, rng, with_bg=rng.random() < 0.6)
                 for _ in range(n)]
-    finally:
-        world.RICH_P = saved
 
 
 @torch.no_grad()
@@ -132,12 +140,8 @@ def sentence_probe(enc, tok, n_train: int = 1500, n_para: int = 300, seed: int =
         m = t.attention_mask[..., None].float()
         return {"mean_pooled": (out.last_hidden_state * m).sum(1) / m.sum(1), "pooler": out.pooler_output}
 
-    saved = world.RICH_P
-    world.RICH_P = 0.5
-    try:
+    with _every_training_word():
         (tr_caps, tr_y), (te_caps, te_y) = make("rich", n_train), make("para", n_para)
-    finally:
-        world.RICH_P = saved
     tr_e, te_e = embed(tr_caps), embed(te_caps)
     res = {}
     for kind in tr_e:
