@@ -246,6 +246,39 @@ def test_separate_edit_weights_keep_outlines_weighted_when_the_background_change
     assert torch.equal(detail_weights(z, None, 4.0, "separate"), detail_weights(z, None, 4.0, "joint"))
 
 
+def test_soften_latents_blurs_each_latent_by_its_own_sigma_in_the_pooled_image():
+    import torch
+
+    from training.analytic_vae import analytic_latents
+    from training.train import soften_latents
+
+    x = -torch.ones(3, 3, 64, 64)
+    x[:, 0, 24:40, 24:40] = 1.0  # a red square, 4 pooled pixels wide
+    z = analytic_latents(x)
+    out = soften_latents(z, torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.equal(out[0], z[0])  # sigma 0: untouched
+    pooled = torch.nn.functional.pixel_shuffle(out, 2)[:, 0]  # (3, 16, 16): the red channel
+    edge = [float(p[8, 6] - p[8, 5]) for p in pooled]  # the step at the square's left edge
+    assert edge[0] == 2.0 and 2.0 > edge[1] > edge[2] > 0.5  # softer with sigma, not smeared away
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), z.mean(dim=(1, 2, 3)), atol=1e-5)  # colour kept
+
+
+def test_decoder_only_smoke_run_with_softened_latents(tmp_path):
+    import torch
+
+    from training import train
+    from training.analytic_vae import analytic_latents, build_analytic_vae
+
+    run = tmp_path / "dec"
+    train.main(["--smoke", "--decoder-only", "--dec-blur", "1.0", "--run", str(run), "--out", str(tmp_path / "o")])
+    vae = build_analytic_vae()
+    fresh = {k: v.clone() for k, v in vae.state_dict().items()}
+    vae.load_state_dict(torch.load(run / "decoder.pt", map_location="cpu"))
+    assert any(not torch.equal(v, fresh[k]) for k, v in vae.state_dict().items() if k.startswith("decoder."))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1  # the encoder is still the analytic one: the latent space is unchanged
+    assert torch.allclose(vae.encode(x).latent_dist.mode(), analytic_latents(x), atol=1e-4)
+
+
 def test_adaln_zero_init_starts_every_block_as_identity():
     import torch
 

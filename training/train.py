@@ -64,15 +64,38 @@ def latent_stats(rng: random.Random, n: int = 96):
     return z.mean().item(), 1.0 / z.std().item()
 
 
+def soften_latents(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian-blur each latent of ``z`` (B,12,h,w) by its own ``sigma`` (B,), in the 4x-pooled RGB
+    image the latent stores (``analytic_latents``), where shapes live; sigma 0 leaves a latent as is."""
+    p = F.pixel_shuffle(z, 2)  # (B,3,2h,2w)
+    r = 2
+    x = torch.arange(-r, r + 1, dtype=z.dtype, device=z.device)
+    sigma = torch.as_tensor(sigma, dtype=z.dtype, device=z.device).clamp(min=1e-3)
+    k = torch.exp(-x[None] ** 2 / (2 * sigma[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # (B,5); sigma ~0 -> a delta
+    b, c, hh, ww = p.shape
+    # a separable per-sample blur as one grouped conv over the batch folded into the channels
+    q = p.reshape(1, b * c, hh, ww)
+    kx = k.repeat_interleave(c, 0)  # (B*C,5)
+    q = F.conv2d(F.pad(q, (r, r, 0, 0), mode="replicate"), kx[:, None, None, :], groups=b * c)
+    q = F.conv2d(F.pad(q, (0, 0, r, r), mode="replicate"), kx[:, None, :, None], groups=b * c)
+    return F.pixel_unshuffle(q.reshape(b, c, hh, ww), 2)
+
+
 def train_decoder(vae, minutes: float, rng: random.Random, batch: int = 4, lr: float = 3e-4, log_every: int = 25,
-                  max_steps: int | None = None, noise: float = 0.04, save_to: Path | None = None,
+                  max_steps: int | None = None, noise: float = 0.04, blur: float = 0.0, save_to: Path | None = None,
                   save_every_min: float = 5.0):
     """Train only the VAE decoder (+post_quant_conv) on analytic latents -> image.
 
     The encoder is fixed (analytic), so the latent space the transformer sees never
     changes: this stage can run before, after or in parallel with transformer training.
     Latents get small Gaussian noise so the decoder also cleans up imperfect
-    generated latents."""
+    generated latents. With ``blur`` > 0, each latent is also softened by a Gaussian of sigma
+    uniform in [0, blur] pooled pixels (``soften_latents``) while the target stays the crisp render.
+    Why it was tried: a decoder trained on crisp latents draws a softened true latent of small stars
+    as round blobs (noise up to 0.15 it handles), as it draws sampled ones. Why it is off by default:
+    at equal decoder compute it scored worse on the evaluator (held-out 0.64 against 0.71, session 11;
+    docs/darkroom-mini.md, "What session 11 taught")."""
     params = decoder_parameters(vae)
     for p in vae.parameters():
         p.requires_grad_(False)
@@ -100,6 +123,8 @@ def train_decoder(vae, minutes: float, rng: random.Random, batch: int = 4, lr: f
             imgs.append(to_tensor(world.render(sc)))
         x = torch.stack(imgs)
         z = analytic_latents(x)
+        if blur > 0:
+            z = soften_latents(z, torch.tensor([rng.uniform(0.0, blur) for _ in range(z.shape[0])]))
         if noise > 0:
             sig = torch.rand(z.shape[0], 1, 1, 1) * noise
             z = z + sig * torch.randn_like(z)
@@ -503,6 +528,10 @@ def main(argv=None):
     ap.add_argument("--hours", type=float, default=1.95, help="total wall-clock budget incl. VAE")
     ap.add_argument("--dec-minutes", type=float, default=28.0,
                     help="VAE decoder training budget (stage 2, after the transformer; inside --hours)")
+    ap.add_argument("--dec-blur", type=float, default=0.0,
+                    help="decoder stage: soften each training latent by a Gaussian of sigma up to this many pooled "
+                         "pixels, so that the decoder draws the softer latents a sampler makes as crisp shapes "
+                         "(0: off, runs 1-11)")
     ap.add_argument("--decoder-only", action="store_true",
                     help="only train the VAE decoder (writes <run>/decoder.pt); can run in parallel")
     ap.add_argument("--init-from", default=None,
@@ -616,7 +645,7 @@ def main(argv=None):
             vae.load_state_dict(torch.load(args.decoder_from, map_location="cpu"))
             log(f"decoder continues from {args.decoder_from}")
         train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
-                      max_steps=2 if args.smoke else None, save_to=run / "decoder.pt")
+                      max_steps=2 if args.smoke else None, blur=args.dec_blur, save_to=run / "decoder.pt")
         log("decoder done")
         return
     vae.eval().requires_grad_(False)
@@ -804,7 +833,7 @@ def main(argv=None):
     pool.close()
     if not args.decoder_from and init is None and args.dec_minutes > 0:  # --init-from brought a trained decoder
         train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
-                      max_steps=2 if args.smoke else None)
+                      max_steps=2 if args.smoke else None, blur=args.dec_blur)
     save_ckpt(final=True)
     (run / "DONE").write_text(json.dumps({"step": step, "elapsed_min": elapsed() / 60}))
     log("done")
