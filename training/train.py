@@ -152,6 +152,13 @@ def train_decoder(vae, minutes: float, rng: random.Random, batch: int = 4, lr: f
     return vae
 
 
+def decoder_stage(vae, args: argparse.Namespace, save_to: Path | None = None):
+    """The decoder stage as the command line sets it up: one place for --decoder-only and the end of a full
+    run, so a decoder trained in parallel is trained the way the one-command run would train it."""
+    return train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
+                         max_steps=2 if args.smoke else None, blur=args.dec_blur, save_to=save_to)
+
+
 # ---------------------------------------------------------------------------
 # Data pool
 # ---------------------------------------------------------------------------
@@ -530,8 +537,8 @@ def main(argv=None):
                     help="VAE decoder training budget (stage 2, after the transformer; inside --hours)")
     ap.add_argument("--dec-blur", type=float, default=0.0,
                     help="decoder stage: soften each training latent by a Gaussian of sigma up to this many pooled "
-                         "pixels, so that the decoder draws the softer latents a sampler makes as crisp shapes "
-                         "(0: off, runs 1-11)")
+                         "pixels, so that the decoder draws soft sampled shapes crisply (0: off, runs 1-11; 1.0 "
+                         "scored worse in session 11, see train_decoder)")
     ap.add_argument("--decoder-only", action="store_true",
                     help="only train the VAE decoder (writes <run>/decoder.pt); can run in parallel")
     ap.add_argument("--init-from", default=None,
@@ -644,8 +651,7 @@ def main(argv=None):
         if args.decoder_from:  # continue a decoder trained earlier (the latent space never changes)
             vae.load_state_dict(torch.load(args.decoder_from, map_location="cpu"))
             log(f"decoder continues from {args.decoder_from}")
-        train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
-                      max_steps=2 if args.smoke else None, blur=args.dec_blur, save_to=run / "decoder.pt")
+        decoder_stage(vae, args, save_to=run / "decoder.pt")
         log("decoder done")
         return
     vae.eval().requires_grad_(False)
@@ -832,8 +838,7 @@ def main(argv=None):
             last_ckpt = time.time()
     pool.close()
     if not args.decoder_from and init is None and args.dec_minutes > 0:  # --init-from brought a trained decoder
-        train_decoder(vae, args.dec_minutes, random.Random(args.seed + 17), batch=2 if args.smoke else 4,
-                      max_steps=2 if args.smoke else None, blur=args.dec_blur)
+        decoder_stage(vae, args)
     save_ckpt(final=True)
     (run / "DONE").write_text(json.dumps({"step": step, "elapsed_min": elapsed() / 60}))
     log("done")
