@@ -500,6 +500,36 @@ def test_canonical_layouts_are_one_layout_per_prompt_and_obey_it():
     assert abs(o.cx - 0.5) <= world.CANON_JITTER * 96 / 176 + 1e-6 and abs(o.cy - 0.5) <= world.CANON_JITTER + 1e-6
 
 
+def test_spread_layouts_obey_the_prompt_and_never_crowd_more_than_canonical():
+    """layout "spread": the same slots as "canonical" except that a list takes the arrangement with
+    the widest gaps; every render still scores correct, and four small objects at 1:1 go 2x2."""
+    rng = random.Random(9)
+    wider = 0
+    for k in range(80):
+        asp = list(world.ASPECTS)[k % len(world.ASPECTS)]
+        W, H = world.ASPECTS[asp]
+        cap, spec, sc = world.sample_t2i(rng, "train", aspect=asp, layout="spread")
+        assert ev.score(world.render(sc), spec)["correct"], cap
+        if len(sc.objects) > 1 and not spec["relations"]:  # a list, or a count of one kind
+            canon = world.scene_from_spec(spec, asp, random.Random(k), bg=sc.bg, layout="canonical")
+            spread = world.scene_from_spec(spec, asp, random.Random(k), bg=sc.bg, layout="spread")
+
+            def gap(scene):
+                return world._min_gap([(o.cx * W, o.cy * H) for o in scene.objects],
+                                      [world.object_radius_px(o.size, W, H) for o in scene.objects])
+            slack = 4 * world.CANON_JITTER * min(W, H)  # both carry their own jitter
+            assert gap(spread) >= gap(canon) - slack, cap
+            wider += gap(spread) > gap(canon) + slack
+    assert wider >= 3
+    W, H = world.ASPECTS["1:1"]
+    small = [{"size": "small"}] * 4
+    row = world.canonical_place(small, [], W, H, random.Random(0))
+    grid = world.canonical_place(small, [], W, H, random.Random(0), spread=True)
+    assert len({round(y / H, 1) for _, y in row}) == 1 and len({round(y / H, 1) for _, y in grid}) == 2
+    r = [world.object_radius_px("small", W, H)] * 4
+    assert world._min_gap(grid, r) > 3 * world._min_gap(row, r)
+
+
 def test_canonical_edits_put_moved_and_added_objects_at_fixed_spots():
     rng = random.Random(11)
     for k in range(40):

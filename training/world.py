@@ -438,6 +438,9 @@ def place(items: list[dict], relations: list, W: int, H: int, rng: random.Random
 CANON_JITTER = 0.02  # of min(W, H): the seed still moves objects a little
 
 
+CANONICAL = ("canonical", "spread")  # the layouts with one fixed composition per prompt
+
+
 def _canon_gap(W: int, H: int) -> float:
     return 0.02 * min(W, H) + 1
 
@@ -472,7 +475,14 @@ def _arrangements(n: int, W: int, H: int, axis: str | None = None):
         yield grid if along_x else [(b, a) for (a, b) in grid]
 
 
-def canonical_place(items: list[dict], relations: list, W: int, H: int, rng: random.Random):
+def _min_gap(pts, radii) -> float:
+    """The smallest edge-to-edge distance between two of the objects (inf for one)."""
+    return min((math.hypot(x - x2, y - y2) - r - r2 for k, ((x, y), r) in enumerate(zip(pts, radii))
+                for (x2, y2), r2 in zip(pts[:k], radii[:k])), default=math.inf)
+
+
+def canonical_place(items: list[dict], relations: list, W: int, H: int, rng: random.Random,
+                    spread: bool = False):
     """Place ``items`` (in the order the caption names them) at fixed slots, with a small jitter.
 
     Why: with layouts drawn at random, the best flow-matching prediction from pure noise is the
@@ -483,6 +493,9 @@ def canonical_place(items: list[dict], relations: list, W: int, H: int, rng: ran
     one object: centred, or at the centre of its position word's region;
     ``a rel b``: a pair along the relation's axis, a on its side;
     a list: the first named first in reading order, in a row along the long side, else two rows.
+    With ``spread`` a list takes whichever arrangement leaves the widest gaps instead of the first
+    that fits: four small objects in a row at 1:1 are ~5 px apart, and a small model merges or
+    splits objects that close (session 11's counting failures), so layout "spread" tries 2x2.
     Returns [(cx, cy)] in pixels, or None when the objects do not fit (the caller draws again).
     """
     radii = [object_radius_px(it["size"], W, H) for it in items]
@@ -505,8 +518,11 @@ def canonical_place(items: list[dict], relations: list, W: int, H: int, rng: ran
             cands.append(slot)
     else:
         cands.extend([[(fx * W, fy * H) for (fx, fy) in fr] for fr in _arrangements(n, W, H)])
+    cands = [[(min(max(x, r + 1), W - r - 1), min(max(y, r + 1), H - r - 1)) for (x, y), r in zip(pts, worst)]
+             for pts in cands]
+    if spread:  # stable: ties keep the row-first order
+        cands.sort(key=lambda pts: -_min_gap(pts, worst))
     for pts in cands:
-        pts = [(min(max(x, r + 1), W - r - 1), min(max(y, r + 1), H - r - 1)) for (x, y), r in zip(pts, worst)]
         if not _fits(pts, worst, W, H):
             continue
         pts = [(min(max(x, r + 1), W - r - 1), min(max(y, r + 1), H - r - 1)) for (x, y), r in zip(pts, radii)]
@@ -862,7 +878,7 @@ def scene_from_spec(spec: dict, aspect: str, rng: random.Random, bg=None, layout
     # order so that relation targets come first (with layout noise: then colour and shape, a canonical
     # order the model can learn, since it decides which item reads which noise channel)
     src = lambda k: 1 if any(k == a for (a, _, _) in relations) else 0  # noqa: E731
-    if layout == "canonical":
+    if layout in CANONICAL:
         order = list(range(len(items)))  # the groups' (caption's) order decides the slots
     elif layout_noise is not None:
         cols = list(COLOURS)
@@ -874,8 +890,8 @@ def scene_from_spec(spec: dict, aspect: str, rng: random.Random, bg=None, layout
     items_o = [items[k] for k in order]
     rel_o = [(inv[a], r, inv[b]) for (a, r, b) in relations]
     rel_o = [(a, r, b) if b < a else (b, INVERSE_REL[r], a) for (a, r, b) in rel_o]
-    if layout == "canonical":
-        pos = canonical_place(items_o, rel_o, W, H, rng)
+    if layout in CANONICAL:
+        pos = canonical_place(items_o, rel_o, W, H, rng, spread=layout == "spread")
         if pos is None:
             return None
         objs = [Obj(it["shape"], it["colour"], it["size"], x / W, y / H) for it, (x, y) in zip(items_o, pos)]
@@ -913,7 +929,7 @@ def sample_t2i(rng: random.Random, split: str = "train", category: str | None = 
             if is_heldout(spec) != (split == "heldout"):
                 continue
         asp = aspect or rng.choice(list(ASPECTS))
-        if layout == "canonical" and len(spec["groups"]) > 1 and not spec["relations"]:
+        if layout in CANONICAL and len(spec["groups"]) > 1 and not spec["relations"]:
             groups = list(spec["groups"])
             rng.shuffle(groups)  # the mention order, which the slots follow
             spec = dict(spec, groups=groups)
@@ -924,7 +940,7 @@ def sample_t2i(rng: random.Random, split: str = "train", category: str | None = 
         if with_bg:
             bg = scene.bg
             spec = dict(spec, background=list(bg[:3]) if bg[0] == "gradient" else list(bg))
-        cap = caption(spec, scene.bg, mode, rng, with_bg, shuffle=layout != "canonical")
+        cap = caption(spec, scene.bg, mode, rng, with_bg, shuffle=layout not in CANONICAL)
         return cap, spec, scene
     raise RuntimeError("could not sample scene")
 
@@ -1004,10 +1020,10 @@ def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None 
             others = [(p.cx * W, p.cy * H, object_radius_px(p.size, W, H)) for j, p in enumerate(objs) if j != k]
             xlo, xhi, ylo, yhi = _clamp_region(_pos_region(pos, W, H, r), W, H, r)
             ok = False
-            if layout == "canonical":
+            if layout in CANONICAL:
                 x, y = region_centre(pos, W, H, r)
                 ok = _free(x, y, r, others, 0.06 * min(W, H) + 2) and math.hypot(x - o.cx * W, y - o.cy * H) > 1.6 * r
-            for _t in range(0 if layout == "canonical" else 60):
+            for _t in range(0 if layout in CANONICAL else 60):
                 x, y = rng.uniform(xlo, xhi), rng.uniform(ylo, yhi)
                 if _free(x, y, r, others, 0.06 * min(W, H) + 2) and math.hypot(x - o.cx * W, y - o.cy * H) > 1.6 * r:
                     ok = True
@@ -1036,13 +1052,13 @@ def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None 
             others = [(p.cx * W, p.cy * H, object_radius_px(p.size, W, H)) for p in objs]
             xlo, xhi, ylo, yhi = _clamp_region(_pos_region(pos, W, H, r), W, H, r)
             ok = False
-            if layout == "canonical":
+            if layout in CANONICAL:
                 for p_ in ([pos] if pos else [None, "left", "right", "top", "bottom"]):
                     x, y = region_centre(p_, W, H, r)
                     if _free(x, y, r, others, 0.06 * min(W, H) + 2):
                         ok = True
                         break
-            for _t in range(0 if layout == "canonical" else 80):
+            for _t in range(0 if layout in CANONICAL else 80):
                 x, y = rng.uniform(xlo, xhi), rng.uniform(ylo, yhi)
                 if _free(x, y, r, others, 0.06 * min(W, H) + 2):
                     ok = True
