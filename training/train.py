@@ -575,7 +575,8 @@ def main(argv=None):
                          "minutes (docs/darkroom-mini.md)")
     ap.add_argument("--layout", default="canonical", choices=["canonical", "spread", "random"],
                     help="canonical: one layout per prompt (world.canonical_place), so the target is sharp "
-                         "from pure noise; spread: canonical, but a list takes the arrangement with the widest gaps (run 12); random: drawn anywhere the prompt allows (runs 1-5)")
+                         "from pure noise; spread: canonical, but a list takes the arrangement with the widest "
+                         "gaps (run 12, not adopted); random: drawn anywhere the prompt allows (runs 1-5)")
     ap.add_argument("--rich-p", type=float, default=0.0,
                     help="how often a training caption's word or frame comes from world.EXTRA_WORDS (more "
                          "synonyms and frames, none of the paraphrase set's), so unseen wordings land among seen "

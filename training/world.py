@@ -445,14 +445,20 @@ def _canon_gap(W: int, H: int) -> float:
     return 0.02 * min(W, H) + 1
 
 
+def _min_gap(pts, radii) -> float:
+    """The smallest edge-to-edge distance between two of the objects (inf for one)."""
+    return min((math.hypot(x - x2, y - y2) - r - r2 for k, ((x, y), r) in enumerate(zip(pts, radii))
+                for (x2, y2), r2 in zip(pts[:k], radii[:k])), default=math.inf)
+
+
+def _clamp_inside(pts, radii, W, H):
+    """Each centre moved just far enough that its object lies inside the image."""
+    return [(min(max(x, r + 1), W - r - 1), min(max(y, r + 1), H - r - 1)) for (x, y), r in zip(pts, radii)]
+
+
 def _fits(pts, radii, W, H) -> bool:
-    for k, ((x, y), r) in enumerate(zip(pts, radii)):
-        if not (r + 1 <= x <= W - r - 1 and r + 1 <= y <= H - r - 1):
-            return False
-        for (x2, y2), r2 in zip(pts[:k], radii[:k]):
-            if math.hypot(x - x2, y - y2) < r + r2 + _canon_gap(W, H):
-                return False
-    return True
+    inside = all(r + 1 <= x <= W - r - 1 and r + 1 <= y <= H - r - 1 for (x, y), r in zip(pts, radii))
+    return inside and _min_gap(pts, radii) >= _canon_gap(W, H)
 
 
 def region_centre(pos: str | None, W: int, H: int, r: float) -> tuple[float, float]:
@@ -473,12 +479,6 @@ def _arrangements(n: int, W: int, H: int, axis: str | None = None):
         rest = n - first
         grid += [((k + 0.5) / rest, 0.73) for k in range(rest)]
         yield grid if along_x else [(b, a) for (a, b) in grid]
-
-
-def _min_gap(pts, radii) -> float:
-    """The smallest edge-to-edge distance between two of the objects (inf for one)."""
-    return min((math.hypot(x - x2, y - y2) - r - r2 for k, ((x, y), r) in enumerate(zip(pts, radii))
-                for (x2, y2), r2 in zip(pts[:k], radii[:k])), default=math.inf)
 
 
 def canonical_place(items: list[dict], relations: list, W: int, H: int, rng: random.Random,
@@ -518,14 +518,13 @@ def canonical_place(items: list[dict], relations: list, W: int, H: int, rng: ran
             cands.append(slot)
     else:
         cands.extend([[(fx * W, fy * H) for (fx, fy) in fr] for fr in _arrangements(n, W, H)])
-    cands = [[(min(max(x, r + 1), W - r - 1), min(max(y, r + 1), H - r - 1)) for (x, y), r in zip(pts, worst)]
-             for pts in cands]
+    cands = [_clamp_inside(pts, worst, W, H) for pts in cands]
     if spread:  # stable: ties keep the row-first order
         cands.sort(key=lambda pts: -_min_gap(pts, worst))
     for pts in cands:
         if not _fits(pts, worst, W, H):
             continue
-        pts = [(min(max(x, r + 1), W - r - 1), min(max(y, r + 1), H - r - 1)) for (x, y), r in zip(pts, radii)]
+        pts = _clamp_inside(pts, radii, W, H)
         j = CANON_JITTER * min(W, H)
         for _ in range(8):
             moved = [(x + rng.uniform(-j, j), y + rng.uniform(-j, j)) for (x, y) in pts]
