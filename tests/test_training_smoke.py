@@ -185,6 +185,17 @@ def test_smoke_training_and_pipeline_load(tmp_path):
                 "--out", str(tmp_path / "mini-cont"), "--run", str(tmp_path / "run-cont")])
     cont = torch.load(tmp_path / "run-cont" / "ckpt.pt", map_location="cpu", weights_only=False)
     assert cont["step"] == 6 and cont["vae_scale"] == state["vae_scale"]
+    # ... or from a saved pipeline folder (the committed weights outlive every run folder): its fp16
+    # EMA weights, latent scaling and architecture; the training-only head starts fresh
+    init = train.init_from_pipeline(out_aux)
+    assert init["step"] == 6 and init["vae_scale"] == state["vae_scale"] and "aux_head" not in init
+    assert {k: init["args"][k] for k in ("heads", "double", "single")} == {
+        k: state["args"][k] for k in ("heads", "double", "single")}
+    assert init["ema"].keys() == state["ema"].keys()
+    assert all(torch.allclose(init["ema"][k], v, rtol=1e-3, atol=1e-4) for k, v in state["ema"].items())
+    train.main(["--smoke", "--aux-weight", "0.3", "--init-from", str(out_aux),
+                "--out", str(tmp_path / "mini-cont2"), "--run", str(tmp_path / "run-cont2")])
+    assert torch.load(tmp_path / "run-cont2" / "ckpt.pt", map_location="cpu", weights_only=False)["step"] == 6
     # a noise-coupled run reads its layouts from the noise: it ships the deterministic sampler
     train.main(["--smoke", "--coupling", "noise", "--out", str(tmp_path / "mini-field"),
                 "--run", str(tmp_path / "run-field")])

@@ -525,6 +525,26 @@ def flow_loss(transformer, pe, pooled, z, ctx, gen: torch.Generator, train_shift
     return loss
 
 
+def init_from_pipeline(path: Path) -> dict:
+    """An --init-from source made from a saved pipeline (e.g. the shipped models/darkroom-mini, or an
+    older commit's, ``git archive <commit> models/darkroom-mini | tar -x -C DIR``) instead of a ckpt.pt.
+
+    Checkpoints stay in the run folder and do not outlive its machine; the committed pipeline does.
+    It holds the EMA weights only (fp16), so the training weights start as the EMA's, and the
+    training-only semantic head starts fresh (its loss falls back to the run's level in ~300 steps)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    tr = FluxTransformer2DModel.from_pretrained(path, subfolder="transformer").float()
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").float()
+    meta_file = path / "darkroom_mini.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    sd = tr.state_dict()
+    return {"step": int(meta.get("train_step", 0)), "transformer": sd, "ema": sd, "vae": vae.state_dict(),
+            "vae_shift": vae.config.shift_factor, "vae_scale": vae.config.scaling_factor,
+            "args": {"heads": tr.config.num_attention_heads, "double": tr.config.num_layers,
+                     "single": tr.config.num_single_layers}}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="models/darkroom-mini")
@@ -543,8 +563,9 @@ def main(argv=None):
                     help="only train the VAE decoder (writes <run>/decoder.pt); can run in parallel")
     ap.add_argument("--init-from", default=None,
                     help="start from another run's ckpt.pt (transformer, EMA, aux head; the VAE unless "
-                         "--decoder-from) with a fresh optimizer and schedule: training continued across "
-                         "sessions or machines, or a recipe change on a trained model")
+                         "--decoder-from), or from a saved pipeline folder such as models/darkroom-mini "
+                         "(see init_from_pipeline), with a fresh optimizer and schedule: training continued "
+                         "across sessions or machines, or a recipe change on a trained model")
     ap.add_argument("--decoder-from", default=None,
                     help="use a decoder state dict trained separately (skips the decoder stage)")
     ap.add_argument("--batch", type=int, default=16, help="16 learnt faster per sample than 32 on 2 cores (A/B)")
@@ -633,7 +654,8 @@ def main(argv=None):
 
     init = None  # --init-from: another run's weights, this run's optimizer and schedule
     if state is None and args.init_from:
-        init = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        init = (init_from_pipeline(Path(args.init_from)) if Path(args.init_from).is_dir()
+                else torch.load(args.init_from, map_location="cpu", weights_only=False))
 
     vae = bp.make_vae()
     prev_elapsed = 0.0

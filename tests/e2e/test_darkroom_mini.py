@@ -3,8 +3,8 @@ own registry (``models/models.toml``), requests through the HTTP API, results sc
 evaluator (``training/evaluate.py``: colour segmentation + geometric shape classifier).
 
 Prompts and seeds are fixed (the README's prompt at seed 1; the first two held-out prompts per category and
-the first paraphrase per category of the evaluator's sets; one edit per kind), so the outcomes are fixed too:
-these are regression checks of the committed weights (run 9). Each floor sits a little below what run 9
+the first two paraphrases per category of the evaluator's sets; one edit per kind), so the outcomes are fixed
+too: these are regression checks of the committed weights (run 13). Each floor sits a little below what run 13
 scored on exactly these cases (the figure beside it) to allow for float differences across CPUs. The
 issue's targets are higher and are measured on the full evaluation, not here (docs/darkroom-mini.md, "Results").
 """
@@ -31,10 +31,10 @@ from training import evaluate as ev  # noqa: E402
 from training import world  # noqa: E402
 
 README_PROMPT = "a red circle to the left of a blue square"
-HELDOUT_FLOOR = 0.75  # fraction of the 12 held-out prompts scored correct (run 9: 0.83, 10 of 12)
-PARAPHRASE_CHECKS_FLOOR = 0.10  # mean fraction of checks passed on the 6 paraphrases (run 9: 0.17)
-EDIT_FLOOR = 0.6  # fraction of the 5 edits scored correct (run 9: 0.8, 4 of 5)
-PSNR_FLOOR = 24.0  # dB over the untouched regions, mean of the 5 edits at 1 MP (run 9: 25.7)
+HELDOUT_FLOOR = 0.75  # fraction of the 12 held-out prompts scored correct (run 13: 0.92, 11 of 12)
+PARAPHRASE_CHECKS_FLOOR = 0.20  # mean fraction of checks passed on the 12 paraphrases (run 13: 0.33)
+EDIT_FLOOR = 0.4  # fraction of the 5 edits scored correct (run 13: 0.6, 3 of 5)
+PSNR_FLOOR = 24.0  # dB over the untouched regions, mean of the 5 edits at 1 MP (run 13: 25.5)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
 
 @pytest.fixture(scope="module")
 def sets() -> dict:
-    """One of each case per category/kind; the held-out test takes two per category from its own set."""
+    """One edit per kind; the held-out and paraphrase tests take two prompts per category from their own sets."""
     return world.eval_sets(n_per_cat=1, n_edits_per_kind=1)
 
 
@@ -98,8 +98,8 @@ def test_fixed_heldout_prompts_pass_the_evaluator(mini: Deployment) -> None:
     assert correct >= HELDOUT_FLOOR, [(cap, r["checks"]) for (cap, _, _), r in zip(cases, results)]
 
 
-def test_fixed_paraphrases_pass_checks(mini: Deployment, sets: dict) -> None:
-    cases = sets["paraphrase"]
+def test_fixed_paraphrases_pass_checks(mini: Deployment) -> None:
+    cases = world.eval_sets(n_per_cat=2, n_edits_per_kind=1)["paraphrase"]
     results = _score_prompts(mini, cases, seed0=300)
     checks = float(np.mean([np.mean(list(r["checks"].values())) if r["checks"] else 0.0 for r in results]))
     print(f"paraphrase checks passed {checks:.3f}")
