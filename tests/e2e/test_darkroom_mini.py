@@ -46,8 +46,14 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
 
 @pytest.fixture(scope="module")
 def sets() -> dict:
-    """One edit per kind; the held-out and paraphrase tests take two prompts per category from their own sets."""
+    """One edit per kind (the edits follow the prompts in the sets' random stream, so this stays n_per_cat=1)."""
     return world.eval_sets(n_per_cat=1, n_edits_per_kind=1)
+
+
+@pytest.fixture(scope="module")
+def prompt_sets() -> dict:
+    """Two held-out prompts and two paraphrases per category."""
+    return world.eval_sets(n_per_cat=2, n_edits_per_kind=1)
 
 
 def _image(final: dict) -> Image.Image:
@@ -90,16 +96,16 @@ def test_readme_prompt_is_drawn_correctly(mini: Deployment) -> None:
     assert result["correct"], result["checks"]
 
 
-def test_fixed_heldout_prompts_pass_the_evaluator(mini: Deployment) -> None:
-    cases = world.eval_sets(n_per_cat=2, n_edits_per_kind=1)["heldout"]
+def test_fixed_heldout_prompts_pass_the_evaluator(mini: Deployment, prompt_sets: dict) -> None:
+    cases = prompt_sets["heldout"]
     results = _score_prompts(mini, cases, seed0=100)
     correct = float(np.mean([r["correct"] for r in results]))
     print(f"held-out correct {correct:.3f}")
     assert correct >= HELDOUT_FLOOR, [(cap, r["checks"]) for (cap, _, _), r in zip(cases, results)]
 
 
-def test_fixed_paraphrases_pass_checks(mini: Deployment) -> None:
-    cases = world.eval_sets(n_per_cat=2, n_edits_per_kind=1)["paraphrase"]
+def test_fixed_paraphrases_pass_checks(mini: Deployment, prompt_sets: dict) -> None:
+    cases = prompt_sets["paraphrase"]
     results = _score_prompts(mini, cases, seed0=300)
     checks = float(np.mean([np.mean(list(r["checks"].values())) if r["checks"] else 0.0 for r in results]))
     print(f"paraphrase checks passed {checks:.3f}")
