@@ -577,3 +577,39 @@ def test_encoder_probe_finds_concept_words_longest_first_and_reads_their_tokens(
     states = probe.word_states(caps, lex, enc, tok)
     assert [(s[0].text, s[2]) for s in states] == [("crimson", 0), ("ball", 0), ("scarlet", 1), ("orb", 1)]
     assert all(s[1].shape == (384,) for s in states)
+
+
+def test_average_writes_the_mean_transformer_and_refuses_unrelated_pipelines(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from training import average as av
+    from training import build_pipeline as bp
+
+    torch.manual_seed(0)
+    tr, vae = bp.make_transformer(num_layers=1, num_single_layers=1), bp.make_vae()
+    a = bp.save_pipeline(tr, vae, tmp_path / "a", {"train_step": 10, "seed": 1})
+    with torch.no_grad():  # a continuation: same architecture and VAE, moved transformer weights
+        for p in tr.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    b = bp.save_pipeline(tr, vae, tmp_path / "b", {"train_step": 10, "seed": 2})
+    out = av.average_pipelines([a, b], tmp_path / "soup")
+    wa, wb, wm = (load_file(p / av.TRANSFORMER_FILE) for p in (a, b, out))
+    assert wm.keys() == wa.keys() and all(wm[k].dtype == torch.float16 for k in wm)
+    for k in wa:  # the float32 mean, rounded once to fp16
+        assert torch.equal(wm[k], ((wa[k].float() + wb[k].float()) / 2).half()), k
+    assert not torch.equal(wm[next(iter(wm))], wa[next(iter(wa))])
+    meta = json.loads((out / "darkroom_mini.json").read_text())
+    assert [s["seed"] for s in meta["averaged_from"]] == [1, 2]
+    assert bp.load_pipeline(out).transformer.config.num_layers == 1  # a loadable pipeline
+    # another architecture, or another VAE, is refused and writes nothing
+    bp.save_pipeline(bp.make_transformer(num_layers=2, num_single_layers=1), vae, tmp_path / "c")
+    with pytest.raises(av.AverageError, match="configs differ"):
+        av.average_pipelines([a, tmp_path / "c"], tmp_path / "bad")
+    torch.manual_seed(1)
+    bp.save_pipeline(tr, bp.make_vae(), tmp_path / "d")
+    with pytest.raises(av.AverageError, match="VAEs differ"):
+        av.average_pipelines([a, tmp_path / "d"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
