@@ -42,6 +42,12 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return {k: (sum(s[k].float() for s in states) / len(states)).to(states[0][k].dtype) for k in keys}
 
 
+def _architecture(pipeline: Path) -> dict:
+    """The transformer's config without diffusers' bookkeeping keys (``_class_name``, ``_diffusers_version``)."""
+    config = json.loads((pipeline / "transformer" / "config.json").read_text())
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 def average_pipelines(sources: list[str | Path], out: str | Path) -> Path:
     from safetensors.torch import load_file, save_file
 
@@ -51,9 +57,8 @@ def average_pipelines(sources: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     if any(out.resolve() == s.resolve() for s in sources):
         raise AverageError("--out must not be one of the sources")
-    configs = [json.loads((s / "transformer" / "config.json").read_text()) for s in sources]
-    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731 (diffusers' version keys)
-    if any(strip(c) != strip(configs[0]) for c in configs[1:]):
+    configs = [_architecture(s) for s in sources]
+    if any(c != configs[0] for c in configs[1:]):
         raise AverageError("the transformers' configs differ")
     vaes = [load_file(s / VAE_FILE) for s in sources]
     if any(v.keys() != vaes[0].keys() or any(not torch.equal(v[k], vaes[0][k]) for k in v) for v in vaes[1:]):
