@@ -230,7 +230,8 @@ def test_smoke_run_with_separate_edit_weights_and_an_edit_only_evaluation(tmp_pa
     from training import train
 
     out = tmp_path / "mini-sep"
-    train.main(["--smoke", "--edit-weights", "separate", "--out", str(out), "--run", str(tmp_path / "run")])
+    train.main(["--smoke", "--edit-weights", "separate", "--edit-mix", "add=2,remove=0.5", "--out", str(out),
+                "--run", str(tmp_path / "run")])
     res = ev.evaluate_model(str(out), n_per_cat=1, n_edits=1, steps=2, splits=("edits",), log=lambda *a: None)
     assert "heldout" not in res and "paraphrase" not in res  # --splits edits: no text-to-image split run
     assert res["edits"]["n"] == len(world.EDIT_KINDS) and set(res["edits"]["per_kind"]) == set(world.EDIT_KINDS)
@@ -467,14 +468,14 @@ def test_coupled_render_chunk_ships_the_noise_its_layout_came_from():
     from training.train import render_chunk
     from training import build_pipeline as bp
 
-    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0))
+    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None))
     nz = out[-1]
     W, H = world.ASPECTS["16:9"]
     assert nz.shape == (5, 12, H // 8, W // 8) and str(nz.dtype) == "torch.float16"
-    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0))
+    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None))
     assert (again[-1] == nz).all() and (again[3] == out[3]).all()
-    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0))[-1] is None
-    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0))[-1] is None  # edits: noise drawn per step
+    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0, None))[-1] is None
+    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0, None))[-1] is None  # edits: noise drawn per step
 
 
 def test_canonical_layouts_are_one_layout_per_prompt_and_obey_it():
@@ -613,3 +614,26 @@ def test_average_writes_the_mean_transformer_and_refuses_unrelated_pipelines(tmp
     with pytest.raises(av.AverageError, match="VAEs differ"):
         av.average_pipelines([a, tmp_path / "d"], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_edit_mix_chooses_the_kinds_and_defaults_to_every_run_so_far():
+    import argparse
+    import random
+
+    from training.train import parse_edit_mix
+
+    # runs 1-15's mix (the recipe a from-scratch run must reproduce); named or not, the same edits
+    assert world.EDIT_WEIGHTS == {"recolour": 1.2, "move": 1.0, "add": 1.0, "remove": 1.0, "background": 0.8}
+    rng_a, rng_b = random.Random(11), random.Random(11)
+    a = [world.sample_edit(rng_a, layout="canonical")[3]["edit"] for _ in range(30)]
+    b = [world.sample_edit(rng_b, layout="canonical", weights=dict(world.EDIT_WEIGHTS))[3]["edit"]
+         for _ in range(30)]
+    assert a == b and len(set(a)) == len(world.EDIT_KINDS)
+
+    only_adds = parse_edit_mix("recolour=0,move=0,remove=0,background=0")
+    rng = random.Random(11)
+    assert {world.sample_edit(rng, weights=only_adds)[3]["edit"] for _ in range(20)} == {"add"}
+    assert parse_edit_mix("add=2, move=1.5") == {**world.EDIT_WEIGHTS, "add": 2.0, "move": 1.5}
+    for bad in ["ad=2", "add", "add=x", "add=-1", "recolour=0,move=0,add=0,remove=0,background=0"]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_edit_mix(bad)

@@ -172,7 +172,8 @@ def _caption_fits(text: str, max_len: int) -> bool:
 
 
 def render_chunk(job: tuple) -> tuple:
-    """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled, layout, rich_p) -> (kind,
+    """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled, layout, rich_p,
+    edit_mix) -> (kind,
     aspect, captions, target latents, context latents, label classes, label offsets, noise), latents
     unscaled (``analytic_latents``, a per-pixel average, so the same bits in any process). With
     ``coupled`` each text-to-image sample comes with its own fp16 noise (12, H/8, W/8) and its layout
@@ -180,7 +181,7 @@ def render_chunk(job: tuple) -> tuple:
     draws it. A top-level function so that --data-workers processes can run it; the chunk's own seed
     makes the data independent of the worker count, and shipping latents instead of images keeps
     the main process (which feeds the GPU) free of per-pixel work."""
-    seed, kind, asp, k, max_len, coupled, layout, rich_p = job
+    seed, kind, asp, k, max_len, coupled, layout, rich_p, edit_mix = job
     # caption wording: core words only, or also world.EXTRA_WORDS with probability rich_p ('train' for 0:
     # 'rich' draws one more random number per word, which would change runs 1-6's data stream)
     mode = "rich" if rich_p > 0 else "train"
@@ -205,7 +206,7 @@ def render_chunk(job: tuple) -> tuple:
             tg.append(to_tensor(world.render(sc)))
             c, o = world.render_labels(sc)
         else:
-            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp, layout=layout, mode=mode)
+            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp, layout=layout, mode=mode, weights=edit_mix)
             if not _caption_fits(ins, max_len):
                 continue
             s_img, t_img = world.render_pair(src, tgt)
@@ -262,8 +263,9 @@ class Pool:
 
     def __init__(self, pipe: FluxPipeline, max_len: int, cap: int, workers: int = 0,
                  device: torch.device | str = "cpu", chunk: int = 64, coupled: bool = False,
-                 layout: str = "canonical", rich_p: float = 0.0):
+                 layout: str = "canonical", rich_p: float = 0.0, edit_mix: dict[str, float] | None = None):
         self.pipe = pipe
+        self.edit_mix = edit_mix
         self.coupled = coupled
         self.layout = layout
         self.rich_p = rich_p
@@ -328,7 +330,7 @@ class Pool:
                 k = int(round(per_aspect * 2 * (edit_frac if kind == "edit" else 1 - edit_frac)))
                 while k > 0:  # chunks of at most self.chunk samples keep many workers evenly busy
                     jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len, self.coupled,
-                                 self.layout, self.rich_p))
+                                 self.layout, self.rich_p, self.edit_mix))
                     k -= self.chunk
         return jobs
 
@@ -545,6 +547,26 @@ def init_from_pipeline(path: Path) -> dict:
                      "single": tr.config.num_single_layers}}
 
 
+def parse_edit_mix(text: str) -> dict[str, float]:
+    """'add=2,move=1.5' -> world.EDIT_WEIGHTS with those kinds replaced (argparse type: a ValueError
+    becomes a usage error naming the option)."""
+    weights = dict(world.EDIT_WEIGHTS)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, value = part.partition("=")
+        if not sep or kind.strip() not in weights:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected KIND=WEIGHT with KIND one of {world.EDIT_KINDS}")
+        try:
+            w = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: the weight is not a number") from None
+        if not w >= 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: a weight must be >= 0")
+        weights[kind.strip()] = w
+    if not any(weights.values()):
+        raise argparse.ArgumentTypeError("at least one edit kind needs a weight above 0")
+    return weights
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="models/darkroom-mini")
@@ -604,6 +626,9 @@ def main(argv=None):
                          "ones; 0 (runs 1-6, the best held-out score): the core two-ish words per concept. Run 7 "
                          "used 0.5 and run 8 0.2: paraphrases gained, held-out lost more (docs/darkroom-mini.md)")
     ap.add_argument("--edit-frac", type=float, default=0.3)
+    ap.add_argument("--edit-mix", type=parse_edit_mix, default=None, metavar="KIND=W,...",
+                    help="how often each edit kind is drawn, e.g. 'add=2,move=1.5' (kinds not named keep "
+                         f"world.EDIT_WEIGHTS: {world.EDIT_WEIGHTS})")
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
     ap.add_argument("--refresh-every", type=int, default=40, help="steps between pool refreshes")
@@ -734,7 +759,8 @@ def main(argv=None):
     data_rng = random.Random(args.seed * 1000003 + step)
     gen = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(args.seed * 7919 + step)
     pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device,
-                coupled=args.coupling == "noise", layout=args.layout, rich_p=args.rich_p)
+                coupled=args.coupling == "noise", layout=args.layout, rich_p=args.rich_p,
+                edit_mix=args.edit_mix)
     t0 = time.time()
     init_n = 48 if args.smoke else args.init_pool
     pool.generate(init_n, data_rng, args.edit_frac)

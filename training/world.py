@@ -948,6 +948,8 @@ def sample_t2i(rng: random.Random, split: str = "train", category: str | None = 
 # Edits
 # --------------------------------------------------------------------------
 EDIT_KINDS = ["recolour", "move", "add", "remove", "background"]
+# how often sample_edit draws each kind (runs 1-15); train.py --edit-mix overrides it per run
+EDIT_WEIGHTS = {"recolour": 1.2, "move": 1.0, "add": 1.0, "remove": 1.0, "background": 0.8}
 
 
 def _describe(o: Obj, mode: str, rng: random.Random) -> str:
@@ -973,15 +975,19 @@ def _scene_spec(scene: Scene, category="edit") -> dict:
 
 
 def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None = None, mode: str = "train",
-                layout: str = "random"):
+                layout: str = "random", weights: dict[str, float] | None = None):
     """Return (instruction, source_scene, target_scene, target_spec).
 
     The source scene's layout is always random (people edit any picture). With
     ``layout="canonical"`` a moved or added object goes to a fixed spot, as in ``canonical_place``:
     its position word's region centre, or for an add without one the first free of the image centre
-    and the left, right, top and bottom region centres."""
+    and the left, right, top and bottom region centres. ``weights``: how often each kind is drawn
+    when ``kind`` is None (default ``EDIT_WEIGHTS``); one draw per edit whatever the weights, so a
+    run with other weights keeps the same random stream up to the kinds that change."""
+    w = EDIT_WEIGHTS if weights is None else weights
+    kind_weights = [w[k] for k in EDIT_KINDS]
     for _ in range(1000):
-        kind_ = kind or rng.choices(EDIT_KINDS, weights=[1.2, 1.0, 1.0, 1.0, 0.8])[0]
+        kind_ = kind or rng.choices(EDIT_KINDS, weights=kind_weights)[0]
         asp = aspect or rng.choice(list(ASPECTS))
         W, H = ASPECTS[asp]
         n = rng.choice([1, 1, 2, 2, 3])
