@@ -622,7 +622,7 @@ def test_edit_mix_chooses_the_kinds_and_defaults_to_every_run_so_far():
 
     from training.train import parse_edit_mix
 
-    # runs 1-15's mix (the recipe a from-scratch run must reproduce); named or not, the same edits
+    # the from-scratch recipe's mix (runs 1-14); named or not, the same edits
     assert world.EDIT_WEIGHTS == {"recolour": 1.2, "move": 1.0, "add": 1.0, "remove": 1.0, "background": 0.8}
     rng_a, rng_b = random.Random(11), random.Random(11)
     a = [world.sample_edit(rng_a, layout="canonical")[3]["edit"] for _ in range(30)]

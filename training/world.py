@@ -948,7 +948,7 @@ def sample_t2i(rng: random.Random, split: str = "train", category: str | None = 
 # Edits
 # --------------------------------------------------------------------------
 EDIT_KINDS = ["recolour", "move", "add", "remove", "background"]
-# how often sample_edit draws each kind (runs 1-15); train.py --edit-mix overrides it per run
+# how often sample_edit draws each kind (runs 1-14, run 15's first stage); train.py --edit-mix overrides it per run
 EDIT_WEIGHTS = {"recolour": 1.2, "move": 1.0, "add": 1.0, "remove": 1.0, "background": 0.8}
 
 
