@@ -616,7 +616,7 @@ def test_average_writes_the_mean_transformer_and_refuses_unrelated_pipelines(tmp
     assert not (tmp_path / "bad").exists()
 
 
-def test_edit_mix_chooses_the_kinds_and_defaults_to_every_run_so_far():
+def test_edit_mix_chooses_the_kinds_and_defaults_to_the_from_scratch_mix():
     import argparse
     import random
 

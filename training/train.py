@@ -548,12 +548,13 @@ def init_from_pipeline(path: Path) -> dict:
 
 
 def parse_edit_mix(text: str) -> dict[str, float]:
-    """'add=2,move=1.5' -> world.EDIT_WEIGHTS with those kinds replaced (argparse type: a ValueError
-    becomes a usage error naming the option)."""
+    """'add=2,move=1.5' -> world.EDIT_WEIGHTS with those kinds replaced (the --edit-mix argparse type:
+    an ArgumentTypeError becomes a usage error naming the option)."""
     weights = dict(world.EDIT_WEIGHTS)
     for part in filter(None, (p.strip() for p in text.split(","))):
         kind, sep, value = part.partition("=")
-        if not sep or kind.strip() not in weights:
+        kind = kind.strip()
+        if not sep or kind not in weights:
             raise argparse.ArgumentTypeError(f"{part!r}: expected KIND=WEIGHT with KIND one of {world.EDIT_KINDS}")
         try:
             w = float(value)
@@ -561,7 +562,7 @@ def parse_edit_mix(text: str) -> dict[str, float]:
             raise argparse.ArgumentTypeError(f"{part!r}: the weight is not a number") from None
         if not w >= 0:
             raise argparse.ArgumentTypeError(f"{part!r}: a weight must be >= 0")
-        weights[kind.strip()] = w
+        weights[kind] = w
     if not any(weights.values()):
         raise argparse.ArgumentTypeError("at least one edit kind needs a weight above 0")
     return weights
