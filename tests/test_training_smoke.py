@@ -580,6 +580,35 @@ def test_encoder_probe_finds_concept_words_longest_first_and_reads_their_tokens(
     assert all(s[1].shape == (384,) for s in states)
 
 
+def test_encoder_probe_reads_another_encoder_folder(tmp_path):
+    """``--encoder DIR`` probes any model folder: here a tiny random BERT with MiniLM's tokenizer,
+    whose 32-wide states the probes must learn from (and, random, cannot read paraphrases with)."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from training import build_pipeline as bp
+    from training import encoder_probe as probe
+
+    torch.manual_seed(0)
+    enc_dir = tmp_path / "tiny-bert"
+    BertModel(BertConfig(vocab_size=bp.make_tokenizer().vocab_size, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(enc_dir)
+    bp.make_tokenizer().save_pretrained(enc_dir)
+    enc, tok = probe.load_encoder(str(enc_dir))
+    assert tok.model_max_length == bp.MAX_SEQ
+    states = probe.word_states(["a crimson ball"], probe.lexicon(), enc, tok)
+    assert [s[0].text for s in states] == ["crimson", "ball"] and states[0][1].shape == (32,)
+
+    out = tmp_path / "probe.json"
+    probe.main(["--captions", "60", "--threads", "1", "--encoder", str(enc_dir), "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["encoder"] == str(enc_dir) and set(res["tables"]) == set(probe.TABLES)
+    assert 0.0 <= res["paraphrase_ceiling_estimate"] <= 1.0
+    assert res["tables"]["size"]["linear_train"] > 0.9  # the probe does learn the training words
+
+
 def test_average_writes_the_mean_transformer_and_refuses_unrelated_pipelines(tmp_path):
     import json
 

@@ -1,6 +1,6 @@
 """How much of a paraphrase can the frozen text encoder tell the model? A ceiling for issue #3's target.
 
-    python -m training.encoder_probe [--captions 2000] [--json out.json]
+    python -m training.encoder_probe [--captions 2000] [--json out.json] [--encoder DIR]
 
 darkroom-mini reads prompts through frozen all-MiniLM-L6-v2 token states. Paraphrase prompts use
 words that no training caption contains ("scarlet", "cobalt", "orb", ...), so the model can only
@@ -16,6 +16,10 @@ It also estimates a ceiling for the paraphrase score: for each prompt of the eva
 set, the product of the probe's per-word accuracy over the concept words the prompt names (colour,
 shape, size, background), averaged over the set. (Positions, relations, counts and frames are left
 out, so the true ceiling is lower still.)
+
+``--encoder DIR`` asks the same of another encoder (any Hugging Face model folder with a fast
+tokenizer), to learn whether changing darkroom-mini's encoder could lift the ceiling before paying
+for a retraining.
 """
 from __future__ import annotations
 
@@ -153,14 +157,27 @@ def sentence_probe(enc, tok, n_train: int = 1500, n_para: int = 300, seed: int =
     return res
 
 
-def run(n_captions: int = 2000, seed: int = 0, log=print) -> dict:
-    enc, tok = bp.load_text_encoder(), bp.make_tokenizer()
+def load_encoder(path: str | None):
+    """(encoder, tokenizer): darkroom-mini's frozen MiniLM, or the model folder at ``path``."""
+    if path is None:
+        return bp.load_text_encoder(), bp.make_tokenizer()
+    from transformers import AutoModel, AutoTokenizer
+
+    enc = AutoModel.from_pretrained(path, dtype=torch.float32)
+    enc.eval()
+    enc.requires_grad_(False)
+    # Same 32-token limit as the pipeline, so a phrase the model cannot see is not probed either.
+    return enc, AutoTokenizer.from_pretrained(path, model_max_length=bp.MAX_SEQ)
+
+
+def run(n_captions: int = 2000, seed: int = 0, log=print, encoder: str | None = None) -> dict:
+    enc, tok = load_encoder(encoder)
     lex = lexicon()
     train = [s for s in word_states(captions("rich", n_captions, seed), lex, enc, tok) if s[0].split == "train"]
     para_caps = [c for c, _, _ in world.eval_sets(n_per_cat=12, n_edits_per_kind=1)["paraphrase"]]
     para = word_states(para_caps, lex, enc, tok)
     leaks = [s[0].text for s in para if s[0].split != "para"]
-    res: dict = {"n_train_words": len(train), "n_para_words": len(para), "para_words_from_training": sorted(set(leaks)),
+    res: dict = {"encoder": encoder or "all-MiniLM-L6-v2 (darkroom-mini's)", "n_train_words": len(train), "n_para_words": len(para), "para_words_from_training": sorted(set(leaks)),
                  "tables": {}}
     acc_of: dict[tuple[str, str], float] = {}  # (table, para phrase) -> best probe's accuracy
     for name in TABLES:
@@ -207,9 +224,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--encoder", default=None, metavar="DIR",
+                    help="probe this Hugging Face model folder instead of darkroom-mini's MiniLM")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = run(args.captions, args.seed)
+    res = run(args.captions, args.seed, encoder=args.encoder)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
