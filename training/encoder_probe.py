@@ -177,8 +177,8 @@ def run(n_captions: int = 2000, seed: int = 0, log=print, encoder: str | None = 
     para_caps = [c for c, _, _ in world.eval_sets(n_per_cat=12, n_edits_per_kind=1)["paraphrase"]]
     para = word_states(para_caps, lex, enc, tok)
     leaks = [s[0].text for s in para if s[0].split != "para"]
-    res: dict = {"encoder": encoder or "all-MiniLM-L6-v2 (darkroom-mini's)", "n_train_words": len(train), "n_para_words": len(para), "para_words_from_training": sorted(set(leaks)),
-                 "tables": {}}
+    res: dict = {"encoder": encoder or "all-MiniLM-L6-v2 (darkroom-mini's)", "n_train_words": len(train),
+                 "n_para_words": len(para), "para_words_from_training": sorted(set(leaks)), "tables": {}}
     acc_of: dict[tuple[str, str], float] = {}  # (table, para phrase) -> best probe's accuracy
     for name in TABLES:
         keys = sorted({p.key for p in lex if p.table == name})
