@@ -468,14 +468,14 @@ def test_coupled_render_chunk_ships_the_noise_its_layout_came_from():
     from training.train import render_chunk
     from training import build_pipeline as bp
 
-    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None))
+    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first"))
     nz = out[-1]
     W, H = world.ASPECTS["16:9"]
     assert nz.shape == (5, 12, H // 8, W // 8) and str(nz.dtype) == "torch.float16"
-    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None))
+    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first"))
     assert (again[-1] == nz).all() and (again[3] == out[3]).all()
-    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0, None))[-1] is None
-    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0, None))[-1] is None  # edits: noise drawn per step
+    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0, None, "first"))[-1] is None
+    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0, None, "first"))[-1] is None  # edits: noise drawn per step
 
 
 def test_canonical_layouts_are_one_layout_per_prompt_and_obey_it():
@@ -561,6 +561,42 @@ def test_canonical_edits_put_moved_and_added_objects_at_fixed_spots():
     a = world.sample_t2i(random.Random(1), "train", aspect="1:1")
     b = world.sample_t2i(random.Random(1), "train", aspect="1:1", layout="random")
     assert a[0] == b[0] and a[2] == b[2]
+
+
+def test_add_spot_rules_pick_a_free_candidate_and_roomiest_the_one_with_most_room():
+    W, H = world.ASPECTS["1:1"]
+    r = world.object_radius_px("small", W, H)
+    centre, left, right = (world.region_centre(p, W, H, r) for p in (None, "left", "right"))
+    # one object just right of the centre: 'first' skips the crowded centre for the left spot; 'roomiest'
+    # goes where the room is largest, which is also the left spot (the right one is closer to it)
+    others = [(W / 2 + 10, H / 2, r)]
+    assert world.add_spot(W, H, r, others, "first") == left
+    assert world.add_spot(W, H, r, others, "roomiest") == left
+    # an object near the left edge: the centre is free, so 'first' takes it; the right spot has more room
+    others = [(r + 2, H / 2, r)]
+    assert world.add_spot(W, H, r, others, "first") == centre
+    assert world.add_spot(W, H, r, others, "roomiest") == right
+    # nothing in the way: every spot has infinite room and ties go to the earlier candidate, the centre
+    assert world.add_spot(W, H, r, [], "roomiest") == centre
+    big = world.object_radius_px("big", W, H)
+    crowd = [(*world.region_centre(p, W, H, big), big) for p in world.ADD_CANDIDATES]
+    assert world.add_spot(W, H, r, crowd, "first") is None and world.add_spot(W, H, r, crowd, "roomiest") is None
+    with pytest.raises(ValueError, match="add spot"):
+        world.add_spot(W, H, r, others, "nearest")
+    # through sample_edit: a canonical add without a position word lands on the roomiest free candidate
+    rng, n = random.Random(4), 0
+    while n < 25:
+        instr, src, tgt, spec = world.sample_edit(rng, "add", layout="canonical", add_rule="roomiest")
+        if "moved" in spec:
+            continue
+        n += 1
+        W, H = world.ASPECTS[src.aspect]
+        o = tgt.objects[-1]
+        r = world.object_radius_px(o.size, W, H)
+        others = [(p.cx * W, p.cy * H, world.object_radius_px(p.size, W, H)) for p in src.objects]
+        assert np.allclose((o.cx * W, o.cy * H), world.add_spot(W, H, r, others, "roomiest")), instr
+        room = [world._clearance(*world.region_centre(p, W, H, r), r, others) for p in world.ADD_CANDIDATES]
+        assert world._clearance(o.cx * W, o.cy * H, r, others) == max(room)
 
 
 def test_encoder_probe_finds_concept_words_longest_first_and_reads_their_tokens():

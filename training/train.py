@@ -173,7 +173,7 @@ def _caption_fits(text: str, max_len: int) -> bool:
 
 def render_chunk(job: tuple) -> tuple:
     """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled, layout, rich_p,
-    edit_mix) -> (kind,
+    edit_mix, add_rule) -> (kind,
     aspect, captions, target latents, context latents, label classes, label offsets, noise), latents
     unscaled (``analytic_latents``, a per-pixel average, so the same bits in any process). With
     ``coupled`` each text-to-image sample comes with its own fp16 noise (12, H/8, W/8) and its layout
@@ -181,7 +181,7 @@ def render_chunk(job: tuple) -> tuple:
     draws it. A top-level function so that --data-workers processes can run it; the chunk's own seed
     makes the data independent of the worker count, and shipping latents instead of images keeps
     the main process (which feeds the GPU) free of per-pixel work."""
-    seed, kind, asp, k, max_len, coupled, layout, rich_p, edit_mix = job
+    seed, kind, asp, k, max_len, coupled, layout, rich_p, edit_mix, add_rule = job
     # caption wording: core words only, or also world.EXTRA_WORDS with probability rich_p ('train' for 0:
     # 'rich' draws one more random number per word, which would change runs 1-6's data stream)
     mode = "rich" if rich_p > 0 else "train"
@@ -206,7 +206,8 @@ def render_chunk(job: tuple) -> tuple:
             tg.append(to_tensor(world.render(sc)))
             c, o = world.render_labels(sc)
         else:
-            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp, layout=layout, mode=mode, weights=edit_mix)
+            ins, src, tgt, _ = world.sample_edit(rng, aspect=asp, layout=layout, mode=mode, weights=edit_mix,
+                                                add_rule=add_rule)
             if not _caption_fits(ins, max_len):
                 continue
             s_img, t_img = world.render_pair(src, tgt)
@@ -263,8 +264,10 @@ class Pool:
 
     def __init__(self, pipe: FluxPipeline, max_len: int, cap: int, workers: int = 0,
                  device: torch.device | str = "cpu", chunk: int = 64, coupled: bool = False,
-                 layout: str = "canonical", rich_p: float = 0.0, edit_mix: dict[str, float] | None = None):
+                 layout: str = "canonical", rich_p: float = 0.0, edit_mix: dict[str, float] | None = None,
+                 add_rule: str = "first"):
         self.pipe = pipe
+        self.add_rule = add_rule
         self.edit_mix = edit_mix
         self.coupled = coupled
         self.layout = layout
@@ -330,7 +333,7 @@ class Pool:
                 k = int(round(per_aspect * 2 * (edit_frac if kind == "edit" else 1 - edit_frac)))
                 while k > 0:  # chunks of at most self.chunk samples keep many workers evenly busy
                     jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len, self.coupled,
-                                 self.layout, self.rich_p, self.edit_mix))
+                                 self.layout, self.rich_p, self.edit_mix, self.add_rule))
                     k -= self.chunk
         return jobs
 
@@ -630,6 +633,10 @@ def main(argv=None):
     ap.add_argument("--edit-mix", type=parse_edit_mix, default=None, metavar="KIND=W,...",
                     help="how often each edit kind is drawn, e.g. 'add=2,move=1.5' (kinds not named keep "
                          f"world.EDIT_WEIGHTS: {world.EDIT_WEIGHTS})")
+    ap.add_argument("--add-spot", default="first", choices=world.ADD_SPOTS,
+                    help="where a canonical add without a position word goes (world.add_spot): first, the "
+                         "first free of centre, left, right, top, bottom (runs up to 16); roomiest, the one "
+                         "with the most room, a rule that nudging a source object flips less often")
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
     ap.add_argument("--refresh-every", type=int, default=40, help="steps between pool refreshes")
@@ -761,7 +768,7 @@ def main(argv=None):
     gen = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(args.seed * 7919 + step)
     pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device,
                 coupled=args.coupling == "noise", layout=args.layout, rich_p=args.rich_p,
-                edit_mix=args.edit_mix)
+                edit_mix=args.edit_mix, add_rule=args.add_spot)
     t0 = time.time()
     init_n = 48 if args.smoke else args.init_pool
     pool.generate(init_n, data_rng, args.edit_frac)
