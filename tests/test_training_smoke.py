@@ -468,14 +468,14 @@ def test_coupled_render_chunk_ships_the_noise_its_layout_came_from():
     from training.train import render_chunk
     from training import build_pipeline as bp
 
-    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first"))
+    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any"))
     nz = out[-1]
     W, H = world.ASPECTS["16:9"]
     assert nz.shape == (5, 12, H // 8, W // 8) and str(nz.dtype) == "torch.float16"
-    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first"))
+    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any"))
     assert (again[-1] == nz).all() and (again[3] == out[3]).all()
-    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0, None, "first"))[-1] is None
-    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0, None, "first"))[-1] is None  # edits: noise drawn per step
+    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0, None, "first", "any"))[-1] is None
+    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any"))[-1] is None  # edits: noise drawn per step
 
 
 def test_canonical_layouts_are_one_layout_per_prompt_and_obey_it():
@@ -597,6 +597,25 @@ def test_add_spot_rules_pick_a_free_candidate_and_roomiest_the_one_with_most_roo
         assert np.allclose((o.cx * W, o.cy * H), world.add_spot(W, H, r, others, "roomiest")), instr
         room = [world._clearance(*world.region_centre(p, W, H, r), r, others) for p in world.ADD_CANDIDATES]
         assert world._clearance(o.cx * W, o.cy * H, r, others) == max(room)
+
+
+def test_canonical_edit_gradients_run_top_to_bottom_with_the_same_random_stream():
+    def edits(gradient, layout="canonical"):
+        rng = random.Random(9)
+        return [world.sample_edit(rng, "background", layout=layout, gradient=gradient) for _ in range(40)]
+
+    anyway, down = edits("any"), edits("v")
+    assert [e[0] for e in anyway] == [e[0] for e in down]  # same instructions, same sources
+    assert {e[2].bg[3] for e in anyway if e[2].bg[0] == "gradient"} == {"h", "v"}
+    assert {e[2].bg[3] for e in down if e[2].bg[0] == "gradient"} == {"v"}
+    for a, d in zip(anyway, down):
+        assert a[2].bg[:3] == d[2].bg[:3] and a[3] == d[3]
+        s, t = world.render_pair(d[1], d[2])
+        assert ev.score_edit(t, s, t, d[3])["correct"], d[0]
+    # the evaluation sets' random layout keeps both directions
+    assert {e[2].bg[3] for e in edits("v", "random") if e[2].bg[0] == "gradient"} == {"h", "v"}
+    with pytest.raises(ValueError, match="gradient rule"):
+        world.sample_edit(random.Random(0), "background", gradient="diagonal")
 
 
 def test_encoder_probe_finds_concept_words_longest_first_and_reads_their_tokens():

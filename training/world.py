@@ -975,6 +975,7 @@ def _scene_spec(scene: Scene, category="edit") -> dict:
 
 
 ADD_SPOTS = ("first", "roomiest")
+GRADIENT_DIRS = ("any", "v")
 ADD_CANDIDATES = (None, "left", "right", "top", "bottom")  # the spots an add without a position word may take
 
 
@@ -1006,14 +1007,20 @@ def add_spot(W: int, H: int, r: float, others: list, rule: str = "first") -> tup
 
 
 def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None = None, mode: str = "train",
-                layout: str = "random", weights: dict[str, float] | None = None, add_rule: str = "first"):
+                layout: str = "random", weights: dict[str, float] | None = None, add_rule: str = "first",
+                gradient: str = "any"):
     """Return (instruction, source_scene, target_scene, target_spec).
 
     The source scene's layout is always random (people edit any picture). With
     ``layout="canonical"`` a moved or added object goes to a fixed spot, as in ``canonical_place``:
-    its position word's region centre, or for an add without one ``add_spot(..., add_rule)``. ``weights``: how often each kind is drawn
+    its position word's region centre, or for an add without one ``add_spot(..., add_rule)``; and with
+    ``gradient="v"`` a new gradient background runs top to bottom. An instruction never says which way a
+    gradient runs, so with ``"any"`` (runs up to 16: horizontal or vertical at random) the model learns
+    the average of both, a diagonal blend whose edges match neither colour. ``weights``: how often each kind is drawn
     when ``kind`` is None (default ``EDIT_WEIGHTS``); one draw per edit whatever the weights, so a
     run with other weights keeps the same random stream up to the kinds that change."""
+    if gradient not in GRADIENT_DIRS:
+        raise ValueError(f"unknown gradient rule {gradient!r}: {GRADIENT_DIRS}")
     w = EDIT_WEIGHTS if weights is None else weights
     kind_weights = [w[k] for k in EDIT_KINDS]
     for _ in range(1000):
@@ -1132,6 +1139,8 @@ def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None 
             if newbg[:3] == bg[:3]:
                 continue
             bg = newbg
+            if layout in CANONICAL and gradient == "v" and bg[0] == "gradient":
+                bg = (*bg[:3], "v")  # the direction was still drawn: the random stream stays the same
             if bg[0] == "plain":
                 c = _w(BG_WORDS, bg[1], mode, rng)
                 if mode != "para":
