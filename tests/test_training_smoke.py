@@ -1,6 +1,7 @@
 """Fast checks for the darkroom-mini training package (world, evaluator, smoke training)."""
 from __future__ import annotations
 
+import math
 import random
 import re
 import sys
@@ -468,14 +469,14 @@ def test_coupled_render_chunk_ships_the_noise_its_layout_came_from():
     from training.train import render_chunk
     from training import build_pipeline as bp
 
-    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any"))
+    out = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any", "skip"))
     nz = out[-1]
     W, H = world.ASPECTS["16:9"]
     assert nz.shape == (5, 12, H // 8, W // 8) and str(nz.dtype) == "torch.float16"
-    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any"))
+    again = render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any", "skip"))
     assert (again[-1] == nz).all() and (again[3] == out[3]).all()
-    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0, None, "first", "any"))[-1] is None
-    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any"))[-1] is None  # edits: noise drawn per step
+    assert render_chunk((7, "t2i", "16:9", 5, bp.MAX_SEQ, False, "random", 0.0, None, "first", "any", "skip"))[-1] is None
+    assert render_chunk((7, "edit", "16:9", 3, bp.MAX_SEQ, True, "random", 0.0, None, "first", "any", "skip"))[-1] is None  # edits: noise drawn per step
 
 
 def test_canonical_layouts_are_one_layout_per_prompt_and_obey_it():
@@ -616,6 +617,38 @@ def test_canonical_edit_gradients_run_top_to_bottom_with_the_same_random_stream(
     assert {e[2].bg[3] for e in edits("v", "random") if e[2].bg[0] == "gradient"} == {"h", "v"}
     with pytest.raises(ValueError, match="gradient rule"):
         world.sample_edit(random.Random(0), "background", gradient="diagonal")
+
+
+def test_blocked_moves_and_adds_go_to_the_free_point_nearest_the_region_centre():
+    W, H = world.ASPECTS["1:1"]
+    r = world.object_radius_px("small", W, H)
+    cx, cy = world.region_centre("center", W, H, r)
+    assert world.position_spot("center", W, H, r, []) == (cx, cy)
+    blocker = [(cx + 2 * r + 0.06 * W + 2 - 5.5, cy, r)]  # an object a little too close, right of the centre
+    assert world.position_spot("center", W, H, r, blocker) is None  # skip: the edit is redrawn
+    x, y = world.position_spot("center", W, H, r, blocker, blocked="nearest")
+    assert np.allclose((x, y), (cx - 6, cy)) and world._free(x, y, r, blocker, 0.06 * W + 2)
+    # a move must also leave its old spot: already at the left spot, a move 'to the left' goes elsewhere in it
+    lx, ly = world.region_centre("left", W, H, r)
+    spot = world.position_spot("left", W, H, r, [], away=(lx, ly), blocked="nearest")
+    assert spot is not None and math.hypot(spot[0] - lx, spot[1] - ly) > 1.6 * r
+    with pytest.raises(ValueError, match="blocked spot"):
+        world.position_spot("left", W, H, r, blocker + [(lx, ly, r)], blocked="moved")
+    # through sample_edit: every target is a correct render of its instruction, and blocked edits are trained on
+    rng, fallback = random.Random(6), 0
+    for k in range(60):
+        kind = ["move", "add"][k % 2]
+        instr, src, tgt, spec = world.sample_edit(rng, kind, layout="canonical", blocked="nearest")
+        s, t = world.render_pair(src, tgt)
+        assert ev.score_edit(t, s, t, spec)["correct"], instr
+        if "moved" in spec:
+            W, H = world.ASPECTS[src.aspect]
+            o = [o for o in tgt.objects if o not in src.objects][0]
+            r = world.object_radius_px(o.size, W, H)
+            fallback += not np.allclose((o.cx * W, o.cy * H), world.region_centre(spec["moved"]["position"], W, H, r))
+    assert fallback >= 5
+    with pytest.raises(ValueError, match="blocked spot"):
+        world.sample_edit(random.Random(0), "move", blocked="moved")
 
 
 def test_encoder_probe_finds_concept_words_longest_first_and_reads_their_tokens():

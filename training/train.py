@@ -173,7 +173,7 @@ def _caption_fits(text: str, max_len: int) -> bool:
 
 def render_chunk(job: tuple) -> tuple:
     """Render one chunk of training samples: (seed, kind, aspect, k, max_len, coupled, layout, rich_p,
-    edit_mix, add_rule, gradient) -> (kind,
+    edit_mix, add_rule, gradient, blocked) -> (kind,
     aspect, captions, target latents, context latents, label classes, label offsets, noise), latents
     unscaled (``analytic_latents``, a per-pixel average, so the same bits in any process). With
     ``coupled`` each text-to-image sample comes with its own fp16 noise (12, H/8, W/8) and its layout
@@ -181,7 +181,7 @@ def render_chunk(job: tuple) -> tuple:
     draws it. A top-level function so that --data-workers processes can run it; the chunk's own seed
     makes the data independent of the worker count, and shipping latents instead of images keeps
     the main process (which feeds the GPU) free of per-pixel work."""
-    seed, kind, asp, k, max_len, coupled, layout, rich_p, edit_mix, add_rule, gradient = job
+    seed, kind, asp, k, max_len, coupled, layout, rich_p, edit_mix, add_rule, gradient, blocked = job
     # caption wording: core words only, or also world.EXTRA_WORDS with probability rich_p ('train' for 0:
     # 'rich' draws one more random number per word, which would change runs 1-6's data stream)
     mode = "rich" if rich_p > 0 else "train"
@@ -207,7 +207,7 @@ def render_chunk(job: tuple) -> tuple:
             c, o = world.render_labels(sc)
         else:
             ins, src, tgt, _ = world.sample_edit(rng, aspect=asp, layout=layout, mode=mode, weights=edit_mix,
-                                                add_rule=add_rule, gradient=gradient)
+                                                add_rule=add_rule, gradient=gradient, blocked=blocked)
             if not _caption_fits(ins, max_len):
                 continue
             s_img, t_img = world.render_pair(src, tgt)
@@ -265,10 +265,11 @@ class Pool:
     def __init__(self, pipe: FluxPipeline, max_len: int, cap: int, workers: int = 0,
                  device: torch.device | str = "cpu", chunk: int = 64, coupled: bool = False,
                  layout: str = "canonical", rich_p: float = 0.0, edit_mix: dict[str, float] | None = None,
-                 add_rule: str = "first", gradient: str = "any"):
+                 add_rule: str = "first", gradient: str = "any", blocked: str = "skip"):
         self.pipe = pipe
         self.add_rule = add_rule
         self.gradient = gradient
+        self.blocked = blocked
         self.edit_mix = edit_mix
         self.coupled = coupled
         self.layout = layout
@@ -335,7 +336,7 @@ class Pool:
                 while k > 0:  # chunks of at most self.chunk samples keep many workers evenly busy
                     jobs.append((rng.getrandbits(63), kind, asp, min(k, self.chunk), self.max_len, self.coupled,
                                  self.layout, self.rich_p, self.edit_mix, self.add_rule,
-                                 self.gradient))
+                                 self.gradient, self.blocked))
                     k -= self.chunk
         return jobs
 
@@ -642,6 +643,10 @@ def main(argv=None):
     ap.add_argument("--edit-gradient", default="any", choices=world.GRADIENT_DIRS,
                     help="which way a canonical edit's new gradient background runs: any, horizontal or "
                          "vertical at random (runs up to 16), though no instruction says which; v, top to bottom")
+    ap.add_argument("--blocked-spot", default="skip", choices=world.BLOCKED_SPOTS,
+                    help="a canonical move or positioned add whose region centre is taken (world.position_spot): "
+                         "skip, redraw the edit (runs up to 16; a third of real edits are like that); nearest, "
+                         "the free point of the region nearest its centre")
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--pool", type=int, default=60000)
     ap.add_argument("--refresh-every", type=int, default=40, help="steps between pool refreshes")
@@ -773,7 +778,8 @@ def main(argv=None):
     gen = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(args.seed * 7919 + step)
     pool = Pool(pipe, bp.MAX_SEQ, args.pool, workers=args.data_workers, device=device,
                 coupled=args.coupling == "noise", layout=args.layout, rich_p=args.rich_p,
-                edit_mix=args.edit_mix, add_rule=args.add_spot, gradient=args.edit_gradient)
+                edit_mix=args.edit_mix, add_rule=args.add_spot, gradient=args.edit_gradient,
+                blocked=args.blocked_spot)
     t0 = time.time()
     init_n = 48 if args.smoke else args.init_pool
     pool.generate(init_n, data_rng, args.edit_frac)

@@ -975,6 +975,7 @@ def _scene_spec(scene: Scene, category="edit") -> dict:
 
 
 ADD_SPOTS = ("first", "roomiest")
+BLOCKED_SPOTS = ("skip", "nearest")
 GRADIENT_DIRS = ("any", "v")
 ADD_CANDIDATES = (None, "left", "right", "top", "bottom")  # the spots an add without a position word may take
 
@@ -1006,14 +1007,47 @@ def add_spot(W: int, H: int, r: float, others: list, rule: str = "first") -> tup
     return None
 
 
+def position_spot(pos: str, W: int, H: int, r: float, others: list, away: tuple[float, float] | None = None,
+                  blocked: str = "skip") -> tuple[float, float] | None:
+    """The canonical spot for an object of radius r moved or added to a position word's region: the
+    region centre when it is free (and, for a move, 1.6 r from ``away``, the object's old centre).
+    When it is not, ``skip`` (runs up to 16) gives None, so such an edit was redrawn and never trained
+    on; but a third of the evaluation's moves and positioned adds are like that (another object near
+    the centre, or the object already there), and the model got 58 % of those right against 93 % of
+    the rest. ``nearest`` gives the free point of the region nearest its centre (1 px grid)."""
+    gap = 0.06 * min(W, H) + 2
+    x, y = region_centre(pos, W, H, r)
+    if _free(x, y, r, others, gap) and (away is None or math.hypot(x - away[0], y - away[1]) > 1.6 * r):
+        return x, y
+    if blocked == "skip":
+        return None
+    if blocked != "nearest":
+        raise ValueError(f"unknown blocked spot rule {blocked!r}: {BLOCKED_SPOTS}")
+    xlo, xhi, ylo, yhi = _clamp_region(_pos_region(pos, W, H, r), W, H, r)
+    # a 1 px grid through the centre, so that a spot straight along an axis from it is exact
+    gx, gy = np.meshgrid(x + np.arange(math.ceil(xlo - x), math.floor(xhi - x) + 1),
+                         y + np.arange(math.ceil(ylo - y), math.floor(yhi - y) + 1))
+    ok = np.ones(gx.shape, bool)
+    for px, py, pr in others:
+        ok &= np.hypot(gx - px, gy - py) >= r + pr + gap
+    if away is not None:
+        ok &= np.hypot(gx - away[0], gy - away[1]) > 1.6 * r
+    if not ok.any():
+        return None
+    d = np.where(ok, np.hypot(gx - x, gy - y), np.inf)
+    i = np.unravel_index(np.argmin(d), d.shape)  # ties: the first in row order, so one answer
+    return float(gx[i]), float(gy[i])
+
+
 def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None = None, mode: str = "train",
                 layout: str = "random", weights: dict[str, float] | None = None, add_rule: str = "first",
-                gradient: str = "any"):
+                gradient: str = "any", blocked: str = "skip"):
     """Return (instruction, source_scene, target_scene, target_spec).
 
     The source scene's layout is always random (people edit any picture). With
     ``layout="canonical"`` a moved or added object goes to a fixed spot, as in ``canonical_place``:
-    its position word's region centre, or for an add without one ``add_spot(..., add_rule)``; and with
+    its position word's region centre (``position_spot(..., blocked)``), or for an add without one
+    ``add_spot(..., add_rule)``; and with
     ``gradient="v"`` a new gradient background runs top to bottom. An instruction never says which way a
     gradient runs, so with ``"any"`` (runs up to 16: horizontal or vertical at random) the model learns
     the average of both, a diagonal blend whose edges match neither colour. ``weights``: how often each kind is drawn
@@ -1021,6 +1055,8 @@ def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None 
     run with other weights keeps the same random stream up to the kinds that change."""
     if gradient not in GRADIENT_DIRS:
         raise ValueError(f"unknown gradient rule {gradient!r}: {GRADIENT_DIRS}")
+    if blocked not in BLOCKED_SPOTS:
+        raise ValueError(f"unknown blocked spot rule {blocked!r}: {BLOCKED_SPOTS}")
     w = EDIT_WEIGHTS if weights is None else weights
     kind_weights = [w[k] for k in EDIT_KINDS]
     for _ in range(1000):
@@ -1063,8 +1099,10 @@ def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None 
             xlo, xhi, ylo, yhi = _clamp_region(_pos_region(pos, W, H, r), W, H, r)
             ok = False
             if layout in CANONICAL:
-                x, y = region_centre(pos, W, H, r)
-                ok = _free(x, y, r, others, 0.06 * min(W, H) + 2) and math.hypot(x - o.cx * W, y - o.cy * H) > 1.6 * r
+                spot = position_spot(pos, W, H, r, others, away=(o.cx * W, o.cy * H), blocked=blocked)
+                ok = spot is not None
+                if ok:
+                    x, y = spot
             for _t in range(0 if layout in CANONICAL else 60):
                 x, y = rng.uniform(xlo, xhi), rng.uniform(ylo, yhi)
                 if _free(x, y, r, others, 0.06 * min(W, H) + 2) and math.hypot(x - o.cx * W, y - o.cy * H) > 1.6 * r:
@@ -1096,13 +1134,12 @@ def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None 
             ok = False
             if layout in CANONICAL:
                 if pos:
-                    x, y = region_centre(pos, W, H, r)
-                    ok = _free(x, y, r, others, 0.06 * min(W, H) + 2)
+                    spot = position_spot(pos, W, H, r, others, blocked=blocked)
                 else:
                     spot = add_spot(W, H, r, others, add_rule)
-                    ok = spot is not None
-                    if ok:
-                        x, y = spot
+                ok = spot is not None
+                if ok:
+                    x, y = spot
             for _t in range(0 if layout in CANONICAL else 80):
                 x, y = rng.uniform(xlo, xhi), rng.uniform(ylo, yhi)
                 if _free(x, y, r, others, 0.06 * min(W, H) + 2):
