@@ -583,7 +583,25 @@ def test_add_spot_rules_pick_a_free_candidate_and_roomiest_the_one_with_most_roo
     crowd = [(*world.region_centre(p, W, H, big), big) for p in world.ADD_CANDIDATES]
     assert world.add_spot(W, H, r, crowd, "first") is None and world.add_spot(W, H, r, crowd, "roomiest") is None
     with pytest.raises(ValueError, match="add spot"):
-        world.add_spot(W, H, r, others, "nearest")
+        world.add_spot(W, H, r, others, "middle")
+    # 'nearest': the free point nearest the image centre, which slides with the objects
+    assert world.add_spot(W, H, r, [], "nearest") == (W / 2, H / 2)
+    gap = 0.06 * W + 2
+    near = []
+    for dx in (4, 6):  # a blocker just right of the centre: the spot sits just clear of it, on the 1 px grid
+        blocker = [(W / 2 + dx, H / 2, r)]
+        x, y = world.add_spot(W, H, r, blocker, "nearest")
+        assert world._free(x, y, r, blocker, gap) and x < W / 2
+        near.append(math.hypot(x - W / 2, y - H / 2))
+        assert 2 * r + gap - dx - 0.5 <= near[-1] <= 2 * r + gap - dx + 1.5
+    assert near[0] > near[1]  # the blocker moved 2 px right and the spot followed, nearer the centre
+    assert world.add_spot(W, H, r, crowd, "nearest") is None or world._free(
+        *world.add_spot(W, H, r, crowd, "nearest"), r, crowd, gap)
+    rng = random.Random(5)
+    for _ in range(20):
+        instr, src, tgt, spec = world.sample_edit(rng, "add", layout="canonical", add_rule="nearest")
+        s, t = world.render_pair(src, tgt)
+        assert ev.score_edit(t, s, t, spec)["correct"], instr
     # through sample_edit: a canonical add without a position word lands on the roomiest free candidate
     rng, n = random.Random(4), 0
     while n < 25:

@@ -639,7 +639,8 @@ def main(argv=None):
     ap.add_argument("--add-spot", default="first", choices=world.ADD_SPOTS,
                     help="where a canonical add without a position word goes (world.add_spot): first, the "
                          "first free of centre, left, right, top, bottom (runs up to 16); roomiest, the one "
-                         "with the most room, a rule that nudging a source object flips less often")
+                         "with the most room, a rule that nudging a source object flips less often; nearest, the free "
+                         "point nearest the image centre, which moves with the objects instead of jumping")
     ap.add_argument("--edit-gradient", default="any", choices=world.GRADIENT_DIRS,
                     help="which way a canonical edit's new gradient background runs: any, horizontal or "
                          "vertical at random (runs up to 16), though no instruction says which; v, top to bottom")

@@ -974,7 +974,7 @@ def _scene_spec(scene: Scene, category="edit") -> dict:
             "background": list(bg[:3]) if bg[0] == "gradient" else list(bg)}
 
 
-ADD_SPOTS = ("first", "roomiest")
+ADD_SPOTS = ("first", "roomiest", "nearest")
 BLOCKED_SPOTS = ("skip", "nearest")
 GRADIENT_DIRS = ("any", "v")
 ADD_CANDIDATES = (None, "left", "right", "top", "bottom")  # the spots an add without a position word may take
@@ -993,8 +993,13 @@ def add_spot(W: int, H: int, r: float, others: list, rule: str = "first") -> tup
     half a token of a rule boundary (an object 8 px away flips the answer), and the model hedges:
     it draws the object at two candidates. ``roomiest``: the candidate with the most room around it
     (ties to the earlier one); its answer flips only when two candidates have nearly equal room,
-    which a ±6 px nudge of one source object causes 2.6 times less often (15 % against 39 %)."""
+    which a ±6 px nudge of one source object causes 2.6 times less often (15 % against 39 %).
+    ``nearest``: the free point nearest the image centre (1 px grid over the whole image), which moves
+    with the objects instead of jumping between five spots: a ±6 px nudge moves it more than a token
+    (16 px) for 8 % of these adds (roomiest 20 %, first 39 %)."""
     gap = 0.06 * min(W, H) + 2
+    if rule == "nearest":
+        return _nearest_free(W / 2, H / 2, (r + 1, W - r - 1, r + 1, H - r - 1), r, others, gap)
     spots = [region_centre(p, W, H, r) for p in ADD_CANDIDATES]
     if rule == "roomiest":
         best = max(range(len(spots)), key=lambda i: (_clearance(*spots[i], r, others), -i))
@@ -1024,8 +1029,16 @@ def position_spot(pos: str, W: int, H: int, r: float, others: list, away: tuple[
         return None
     if blocked != "nearest":
         raise ValueError(f"unknown blocked spot rule {blocked!r}: {BLOCKED_SPOTS}")
-    xlo, xhi, ylo, yhi = _clamp_region(_pos_region(pos, W, H, r), W, H, r)
-    # a 1 px grid through the centre, so that a spot straight along an axis from it is exact
+    box = _clamp_region(_pos_region(pos, W, H, r), W, H, r)
+    return _nearest_free(x, y, box, r, others, gap, away)
+
+
+def _nearest_free(x: float, y: float, box: tuple, r: float, others: list, gap: float,
+                  away: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """The point of ``box`` (xlo, xhi, ylo, yhi) nearest (x, y) where a circle of radius r keeps ``gap``
+    from every one of ``others`` (and 1.6 r from ``away``); None when there is none."""
+    xlo, xhi, ylo, yhi = box
+    # a 1 px grid through (x, y), so that a spot straight along an axis from it is exact
     gx, gy = np.meshgrid(x + np.arange(math.ceil(xlo - x), math.floor(xhi - x) + 1),
                          y + np.arange(math.ceil(ylo - y), math.floor(yhi - y) + 1))
     ok = np.ones(gx.shape, bool)
