@@ -196,7 +196,14 @@ def test_smoke_training_and_pipeline_load(tmp_path):
     assert all(torch.allclose(init["ema"][k], v, rtol=1e-3, atol=1e-4) for k, v in state["ema"].items())
     train.main(["--smoke", "--aux-weight", "0.3", "--init-from", str(out_aux),
                 "--out", str(tmp_path / "mini-cont2"), "--run", str(tmp_path / "run-cont2")])
-    assert torch.load(tmp_path / "run-cont2" / "ckpt.pt", map_location="cpu", weights_only=False)["step"] == 6
+    cont2 = torch.load(tmp_path / "run-cont2" / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert cont2["step"] == 6
+    # resuming a continuation keeps the decoder it brought (it once ran the decoder stage again on resume)
+    train.main(["--smoke", "--resume", "--aux-weight", "0.3", "--init-from", str(out_aux),
+                "--out", str(tmp_path / "mini-cont2"), "--run", str(tmp_path / "run-cont2")])
+    resumed = torch.load(tmp_path / "run-cont2" / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert resumed["vae"].keys() == cont2["vae"].keys()
+    assert all(torch.equal(resumed["vae"][k], v) for k, v in cont2["vae"].items())
     # a noise-coupled run reads its layouts from the noise: it ships the deterministic sampler
     train.main(["--smoke", "--coupling", "noise", "--out", str(tmp_path / "mini-field"),
                 "--run", str(tmp_path / "run-field")])

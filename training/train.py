@@ -906,7 +906,10 @@ def main(argv=None):
             save_ckpt()
             last_ckpt = time.time()
     pool.close()
-    if not args.decoder_from and init is None and args.dec_minutes > 0:  # --init-from brought a trained decoder
+    # --init-from brought a trained decoder, also when this is a resumed continuation (init is None then: the
+    # weights came from the checkpoint, which carries the init run's decoder, so the flag is the only trace)
+    continued = bool(args.init_from or (state is not None and state["args"].get("init_from")))
+    if not args.decoder_from and not continued and args.dec_minutes > 0:
         decoder_stage(vae, args)
     save_ckpt(final=True)
     (run / "DONE").write_text(json.dumps({"step": step, "elapsed_min": elapsed() / 60}))
