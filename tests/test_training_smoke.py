@@ -593,7 +593,7 @@ def test_add_spot_rules_pick_a_free_candidate_and_roomiest_the_one_with_most_roo
         world.add_spot(W, H, r, others, "middle")
     # 'nearest': the free point nearest the image centre, which slides with the objects
     assert world.add_spot(W, H, r, [], "nearest") == (W / 2, H / 2)
-    gap = 0.06 * W + 2
+    gap = world._object_gap(W, H)
     near = []
     for dx in (4, 6):  # a blocker just right of the centre: the spot sits just clear of it, on the 1 px grid
         blocker = [(W / 2 + dx, H / 2, r)]
@@ -649,10 +649,10 @@ def test_blocked_moves_and_adds_go_to_the_free_point_nearest_the_region_centre()
     r = world.object_radius_px("small", W, H)
     cx, cy = world.region_centre("center", W, H, r)
     assert world.position_spot("center", W, H, r, []) == (cx, cy)
-    blocker = [(cx + 2 * r + 0.06 * W + 2 - 5.5, cy, r)]  # an object a little too close, right of the centre
+    blocker = [(cx + 2 * r + world._object_gap(W, H) - 5.5, cy, r)]  # an object a little too close, right of the centre
     assert world.position_spot("center", W, H, r, blocker) is None  # skip: the edit is redrawn
     x, y = world.position_spot("center", W, H, r, blocker, blocked="nearest")
-    assert np.allclose((x, y), (cx - 6, cy)) and world._free(x, y, r, blocker, 0.06 * W + 2)
+    assert np.allclose((x, y), (cx - 6, cy)) and world._free(x, y, r, blocker, world._object_gap(W, H))
     # a move must also leave its old spot: already at the left spot, a move 'to the left' goes elsewhere in it
     lx, ly = world.region_centre("left", W, H, r)
     spot = world.position_spot("left", W, H, r, [], away=(lx, ly), blocked="nearest")

@@ -392,10 +392,16 @@ def _free(x, y, r, placed, gap):
     return True
 
 
+def _object_gap(W: int, H: int) -> float:
+    """The clearance objects keep from each other (6 % of the short side + 2 px): in placed scenes, and
+    for a moved or added object."""
+    return 0.06 * min(W, H) + 2
+
+
 def place(items: list[dict], relations: list, W: int, H: int, rng: random.Random, tries: int = 400):
     """items: [{"size", "position"}]; relations: [(i, rel, j)]. Returns list of (cx, cy) px or None."""
     radii = [object_radius_px(it["size"], W, H) for it in items]
-    gap = 0.06 * min(W, H) + 2
+    gap = _object_gap(W, H)
     for _ in range(tries):
         placed = []
         ok = True
@@ -580,7 +586,7 @@ def coupled_place(items: list[dict], relations: list, W: int, H: int, noise: np.
     prompt gives no size. Overlaps are pushed apart (a smooth, deterministic relaxation)."""
     codes = noise_codes(noise)
     colours = list(COLOURS)
-    gap = 0.06 * min(W, H) + 2
+    gap = _object_gap(W, H)
     spare = iter(range(len(colours), N_LAYOUT_CH))
     seen: dict[str, int] = {}
     rel_of = {i: (rel, j) for (i, rel, j) in relations}
@@ -980,11 +986,6 @@ GRADIENT_DIRS = ("any", "v")
 ADD_CANDIDATES = (None, "left", "right", "top", "bottom")  # the spots an add without a position word may take
 
 
-def _edit_gap(W: int, H: int) -> float:
-    """The clearance a moved or added object keeps from every other object (6 % of the short side)."""
-    return 0.06 * min(W, H) + 2
-
-
 def _clearance(x: float, y: float, r: float, others: list) -> float:
     """Edge-to-edge distance from a circle of radius r at (x, y) to the nearest of ``others``."""
     return min((math.hypot(x - px, y - py) - r - pr for px, py, pr in others), default=math.inf)
@@ -1002,7 +1003,7 @@ def add_spot(W: int, H: int, r: float, others: list, rule: str = "first") -> tup
     ``nearest``: the free point nearest the image centre (1 px grid over the whole image), which moves
     with the objects instead of jumping between five spots: a ±6 px nudge moves it more than a token
     (16 px) for 8 % of these adds (roomiest 20 %, first 39 %)."""
-    gap = _edit_gap(W, H)
+    gap = _object_gap(W, H)
     if rule == "nearest":
         return _nearest_free(W / 2, H / 2, (r + 1, W - r - 1, r + 1, H - r - 1), r, others, gap)
     spots = [region_centre(p, W, H, r) for p in ADD_CANDIDATES]
@@ -1026,7 +1027,7 @@ def position_spot(pos: str, W: int, H: int, r: float, others: list, away: tuple[
     the centre, or the object already there), and a model trained that way got 14 of 23 of those
     right against 37 of 40 of the rest. ``nearest`` gives the free point of the region nearest its
     centre (1 px grid)."""
-    gap = _edit_gap(W, H)
+    gap = _object_gap(W, H)
     x, y = region_centre(pos, W, H, r)
     if _free(x, y, r, others, gap) and (away is None or math.hypot(x - away[0], y - away[1]) > 1.6 * r):
         return x, y
@@ -1124,7 +1125,7 @@ def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None 
                     x, y = spot
             for _t in range(0 if layout in CANONICAL else 60):
                 x, y = rng.uniform(xlo, xhi), rng.uniform(ylo, yhi)
-                if _free(x, y, r, others, _edit_gap(W, H)) and math.hypot(x - o.cx * W, y - o.cy * H) > 1.6 * r:
+                if _free(x, y, r, others, _object_gap(W, H)) and math.hypot(x - o.cx * W, y - o.cy * H) > 1.6 * r:
                     ok = True
                     break
             if not ok:
@@ -1161,7 +1162,7 @@ def sample_edit(rng: random.Random, kind: str | None = None, aspect: str | None 
                     x, y = spot
             for _t in range(0 if layout in CANONICAL else 80):
                 x, y = rng.uniform(xlo, xhi), rng.uniform(ylo, yhi)
-                if _free(x, y, r, others, _edit_gap(W, H)):
+                if _free(x, y, r, others, _object_gap(W, H)):
                     ok = True
                     break
             if not ok:
