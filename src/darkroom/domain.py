@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
 
@@ -53,6 +54,62 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
+class InputRef:
+    """One input image: where it is (a blob reference or a URL) and, when known, its size."""
+
+    field: str  # input_image, input_image_2, ...
+    ref: str  # "darkroom-blob:<key>" for uploads, else an http(s) URL
+    width: int | None = None  # known for uploads (decoded at submit); None for URLs
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One request's generation, as the worker runs it."""
+
+    model: str
+    prompt: str
+    width: int  # output size in pixels (about 1 MP at the aspect ratio)
+    height: int
+    steps: int
+    guidance: float
+    seed: int  # always set: drawn at submit when the client sent none
+    seed_random: bool  # the client asked for a random seed (seed 0 / null / absent)
+    output_format: str  # jpeg | png
+    safety_tolerance: int
+    prompt_upsampling: bool
+    inputs: tuple[InputRef, ...] = ()
+
+    @property
+    def editing(self) -> bool:
+        return bool(self.inputs)
+
+    def shape_key(self) -> str:
+        """Equal for requests that can share one pipeline call (see the module docstring).
+
+        An input image fetched from a URL has no known size until the worker downloads it,
+        so such a request gets a key of its own (it runs alone).
+        """
+        parts: list[str] = [self.model, f"{self.width}x{self.height}", str(self.steps), repr(float(self.guidance))]
+        for ref in self.inputs:
+            if ref.width is None or ref.height is None:
+                return "solo:" + hashlib.sha256(repr(self).encode()).hexdigest()[:32]
+            parts.append(f"{ref.width}x{ref.height}")
+        key = "|".join(parts)
+        # The column is 200 wide; a long model id is hashed rather than truncated (equal stays equal).
+        return key if len(key) <= 200 else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationSpec:
+        fields = dict(data)
+        fields["inputs"] = tuple(InputRef(**ref) for ref in fields.get("inputs", ()))
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
 class Request:
     """One generation request and everything known about it."""
 
@@ -82,6 +139,9 @@ class Request:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     preview_step: int | None = None  # denoising step of the latest preview image
+    spec: GenerationSpec | None = None  # fixed at submit (darkroom.spec); None for rows from before it existed
+    shape_key: str | None = None  # requests with equal keys may share one pipeline call
+    turn: int = 0  # round-robin place within the key's queued requests (the claim orders by it)
 
 
 class Priority(IntEnum):

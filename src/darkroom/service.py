@@ -21,6 +21,7 @@ from darkroom.imaging import CONTENT_TYPES, decode_image
 from darkroom.netguard import NetGuard
 from darkroom.settings import Settings
 from darkroom.signing import UrlSigner
+from darkroom.spec import build_spec
 from darkroom.storage import BlobStore, LocalBlobStore
 from darkroom.store import Limits, Store, Submitted
 
@@ -44,13 +45,16 @@ def _fingerprint(model: str, payload: Any, options: SubmitOptions) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def result_key(request_id: str, index: int, output_format: str) -> str:
-    return f"results/{request_id}/{index}.{output_format}"
+def result_key(request_id: str, attempt: int, index: int, output_format: str) -> str:
+    """Where attempt ``attempt``'s image ``index`` of a request is stored. The attempt is in
+    the key so that a worker that lost its lease (a zombie) can never overwrite, or delete,
+    the image of the worker that owns the request now."""
+    return f"results/{request_id}/{attempt}-{index}.{output_format}"
 
 
-def preview_key(request_id: str) -> str:
-    """Where a request's latest step preview (JPEG) is kept while it is processing."""
-    return f"previews/{request_id}.jpeg"
+def preview_key(request_id: str, attempt: int) -> str:
+    """Where a request's latest step preview (JPEG) is kept while attempt ``attempt`` runs."""
+    return f"previews/{request_id}-{attempt}.jpeg"
 
 
 def input_key(upload_id: str, field: str) -> str:
@@ -131,9 +135,10 @@ class Service:
                                                limits=None, only_existing=True)
             if replay is not None:
                 return replay
-        clean = self._stash_input_images(clean)
+        clean, image_sizes = self._stash_input_images(clean)
+        generation = build_spec(spec.id, clean, image_sizes=image_sizes)
         submitted = self.store.submit_request(key.id, spec.id, clean, options=options, request_hash=request_hash,
-                                              limits=limits)
+                                              limits=limits, spec=generation)
         if submitted.created:
             log.info("request %s queued for %s by key %s", submitted.request.id, spec.id, key.name)
         return submitted
@@ -162,27 +167,29 @@ class Service:
                 changes[name] = value
         return payload, replace(options, **changes) if changes else options
 
-    def _stash_input_images(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Move base64 input images to blob storage; the row keeps a reference.
+    def _stash_input_images(self, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+        """Move base64 input images to blob storage; the row keeps a reference. Returns the
+        payload and each stored image's size (its batch shape).
 
         Images are decoded first so an unreadable one is a 422 before anything is stored.
         """
         decoded: dict[str, bytes] = {}
+        sizes: dict[str, tuple[int, int]] = {}
         for field in INPUT_IMAGE_FIELDS:
             value = payload.get(field)
             if isinstance(value, str) and not value.startswith(("http://", "https://")):
                 raw = decode_base64_image(value, f"payload.{field}", self.settings.max_image_bytes)
-                decode_image(raw, f"payload.{field}")
+                sizes[field] = decode_image(raw, f"payload.{field}").size
                 decoded[field] = raw
         if not decoded:
-            return payload
+            return payload, sizes
         upload_id = str(uuid.uuid4())
         out = dict(payload)
         for field, raw in decoded.items():
             blob = input_key(upload_id, field)
             self.blobs.put(blob, raw, "application/octet-stream")
             out[field] = BLOB_PREFIX + blob
-        return out
+        return out, sizes
 
     def get_request(self, key: ApiKey, request_id: str) -> Request:
         request = self.store.get_request(request_id, key_id=key.id)

@@ -44,7 +44,17 @@ class Settings(BaseSettings):
     # Worker
     lease_s: float = Field(30.0, gt=0, description="A claimed request is requeued if its lease lapses this long.")
     max_attempts: int = Field(3, ge=1, description="Claims of one request before it fails with worker_lost.")
-    poll_interval_s: float = Field(0.5, gt=0, description="How often an idle worker looks for work.")
+    poll_interval_s: float = Field(
+        5.0, gt=0, description="Safety net: how often an idle worker looks for work although no wake-up came "
+                               "(a submit wakes it at once; docs/operations.md).")
+    max_batch: int | None = Field(
+        None, ge=1, description="Most compatible requests a worker runs in one pipeline call "
+                                "(default: 8 on CUDA, 4 on CPU; a model's max_batch option caps it).")
+    batch_wait_ms: float | None = Field(
+        None, ge=0, description="How long a busy worker waits to fill a batch when more requests are arriving "
+                                "(default: 25 on CUDA, 10 on CPU; a lone request never waits).")
+    publish_threads: int = Field(2, ge=1, description="Threads that moderate, encode and store finished images "
+                                                      "beside the engine.")
     worker_models: list[str] | None = Field(None, description="Models this worker serves; default all available.")
     device: str | None = Field(None, description="torch device for engines; default cuda if present, else cpu.")
 
@@ -71,7 +81,8 @@ class Settings(BaseSettings):
     webhook_dispatcher: bool = Field(True, description="Deliver webhooks from this API process (darkroom serve).")
 
     # Live events and previews: docs/events.md
-    events_poll_s: float = Field(0.5, gt=0, description="How often an events stream looks at its request.")
+    events_poll_s: float = Field(5.0, gt=0, description="Safety net: how often an events stream looks at its request "
+                                                        "without a wake-up (changes are pushed at once).")
     events_keepalive_s: float = Field(15.0, gt=0, description="Idle events streams send a comment this often.")
     events_max_s: float = Field(3600.0, gt=0, description="An events stream closes after this; clients reconnect.")
     preview_every_steps: int = Field(4, ge=0, description="Preview image every N denoising steps (0: none); "

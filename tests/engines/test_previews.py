@@ -79,16 +79,8 @@ def test_preview_of_a_batch_is_each_jobs_own(make_engine) -> None:
 # -- the worker's side: pacing and storing previews ---------------------------------------
 
 
-class Blobs:
-    def __init__(self) -> None:
-        self.items: dict[str, tuple[bytes, str]] = {}
-
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.items[key] = (data, content_type)
-
-
 def test_pacer_spaces_previews_by_steps_time_and_cost() -> None:
-    from darkroom.worker.job import PREVIEW_EVERY_S, PREVIEW_SHARE, PreviewPacer
+    from darkroom.worker.runner import PREVIEW_EVERY_S, PREVIEW_SHARE, PreviewPacer
 
     pacer = PreviewPacer(every=4)
     assert [s for s in range(1, 13) if pacer.due(s, 12, now=100.0)] == [4, 8]  # never the last step
@@ -99,23 +91,27 @@ def test_pacer_spaces_previews_by_steps_time_and_cost() -> None:
     assert not PreviewPacer(every=0).due(4, 12, now=0.0)
 
 
-def test_worker_stores_a_small_jpeg_and_survives_a_failing_preview() -> None:
+def test_worker_stores_a_small_jpeg_under_its_attempt(tmp_path) -> None:
     import io
+    import time
 
-    from darkroom.worker.job import JobRunner, PreviewPacer
+    from darkroom.service import preview_key
+    from darkroom.storage import LocalBlobStore
+    from darkroom.store import Store
+    from darkroom.worker.lease import BatchLease
+    from darkroom.worker.stages import Stages, Task
 
-    blobs = Blobs()
-    runner = JobRunner(settings=None, store=None, blobs=blobs, moderator=None, upsampler=None,  # type: ignore[arg-type]
-                       worker_id="w")
-    pacer = PreviewPacer(every=4)
-    assert runner._write_preview("r1", lambda: Image.new("RGB", (1024, 512), "red"), pacer)
-    data, content_type = blobs.items["previews/r1.jpeg"]
-    image = Image.open(io.BytesIO(data))
-    assert content_type == "image/jpeg" and image.format == "JPEG" and image.size == (256, 128)
-    assert pacer.written and pacer.next_at > 0
-
-    def broken() -> Image.Image:
-        raise RuntimeError("no latents")
-
-    assert not runner._write_preview("r2", broken, pacer)
-    assert pacer.every == 0 and "previews/r2.jpeg" not in blobs.items  # previews off for this run
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    key, _ = store.create_key("k")
+    store.insert_request(key.id, "m", {"prompt": "x", "steps": 12, "guidance": 1.0})
+    [request] = store.claim_batch("w", ["m"], 30, max_batch=1)
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    stages = Stages(settings=None, store=store, blobs=blobs, moderator=None, upsampler=None,  # type: ignore[arg-type]
+                    worker_id="w")
+    task = Task.claimed(request, BatchLease(store, "w", [request.id], lease_s=30), time.time())
+    stages.store_preview(task, 4, Image.new("RGB", (1024, 512), "red"))
+    image = Image.open(io.BytesIO(blobs.get(preview_key(request.id, 1))))
+    assert image.format == "JPEG" and image.size == (256, 128) and task.preview_written
+    stages.release(task)  # the preview goes with the request's run
+    assert not (tmp_path / "blobs" / preview_key(request.id, 1)).exists()

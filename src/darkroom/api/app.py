@@ -18,6 +18,7 @@ from darkroom.api.limits import BodySizeLimit
 from darkroom.domain import Request
 from darkroom.service import Service
 from darkroom.settings import Settings
+from darkroom.wakeup import AsyncHub
 from darkroom.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -27,14 +28,19 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     """Build the app. Settings come in from the edge; the service is built from them unless given."""
     service = service or Service.from_settings(settings)
 
+    # One listener for the whole process: event streams and synchronous calls wait on it.
+    hub = AsyncHub(service.store.wakeup)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = _webhook_dispatcher(service, settings) if settings.webhook_dispatcher else None
         if dispatcher is not None:
             dispatcher.start()
+        hub.start()
         try:
             yield
         finally:
+            hub.stop()
             if dispatcher is not None:
                 await asyncio.to_thread(dispatcher.stop)  # waits for sends in flight
 
@@ -46,6 +52,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.hub = hub
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 

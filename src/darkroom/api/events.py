@@ -8,8 +8,10 @@
 - ``done``: the request ended; the full status object, then the stream closes.
 
 The first events describe the current state, so a client that connects late (or
-reconnects) needs no separate GET. The store is synchronous and polled from the thread
-pool, one short read per poll: no database connection is held while the stream waits.
+reconnects) needs no separate GET. A stream sleeps until the store signals a change to
+its request (``darkroom.wakeup``: the worker's claim, each progress flush, the finish),
+then reads the request once, from the thread pool; no database connection is held while
+it waits. ``events_poll_s`` is only a safety net for a lost signal.
 The I/O-free parts (``EventTracker``, ``format_event``, ``event_stream``) take plain
 values and functions so that they can be tested without a server.
 """
@@ -34,6 +36,7 @@ from darkroom.api.requestqueue import PREFIXES
 from darkroom.api.schemas import error_responses
 from darkroom.domain import ApiKey, Status
 from darkroom.service import Service
+from darkroom.wakeup import AsyncHub
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +109,12 @@ async def event_stream(
     keepalive_s: float,
     max_s: float,
     last_id: int = 0,
+    changed: Callable[[float], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[str]:
     """The SSE text of one request's events, from ``first`` on, until it ends.
 
-    Polls ``fetch`` every ``poll_s``; sends a comment after ``keepalive_s`` without
+    Reads ``fetch`` again when ``changed(timeout)`` reports a change, and at least every
+    ``poll_s`` (without ``changed``: every ``poll_s``); sends a comment after ``keepalive_s`` without
     events (so proxies keep the connection); stops when ``is_disconnected()``, after
     ``done``, or after ``max_s`` (the client reconnects and gets the state again). Event
     ids continue from ``last_id`` (a reconnecting client's ``Last-Event-ID``).
@@ -133,7 +138,11 @@ async def event_stream(
         if now - last_sent >= keepalive_s:
             yield ": keep-alive\n\n"
             last_sent = now
-        await anyio.sleep(min(poll_s, max(0.0, started + max_s - now)))
+        timeout = min(poll_s, max(0.0, started + max_s - now), max(0.0, last_sent + keepalive_s - now))
+        if changed is None:
+            await anyio.sleep(timeout)
+        else:
+            await changed(timeout)
         if await is_disconnected():
             return
         try:
@@ -184,19 +193,33 @@ async def request_events(
     last_event_id: str | None = Header(None, alias="Last-Event-ID",
                                        description="Sent by reconnecting clients: ids continue after it."),
 ) -> StreamingResponse:
-    # Read once before the stream starts, so that an unknown id or another key's request
-    # is an ordinary JSON 404, not an event stream.
-    first = await run_in_threadpool(take_snapshot, service, key, request_id, base)
+    settings = service.settings
+    hub: AsyncHub = request.app.state.hub
+    # Subscribed before the first read, so that no change after that read can be missed.
+    subscription = hub.subscribe(request_id)
+    subscription.__enter__()
+    try:
+        # Read once before the stream starts, so that an unknown id or another key's request
+        # is an ordinary JSON 404, not an event stream.
+        first = await run_in_threadpool(take_snapshot, service, key, request_id, base)
+    except BaseException:
+        subscription.__exit__(None, None, None)
+        raise
 
     async def fetch() -> Snapshot:
         return await run_in_threadpool(take_snapshot, service, key, request_id, base)
 
-    settings = service.settings
-    stream = event_stream(fetch, first, request.is_disconnected, poll_s=settings.events_poll_s,
-                          keepalive_s=settings.events_keepalive_s, max_s=settings.events_max_s,
-                          last_id=_last_event_id(last_event_id))
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for chunk in event_stream(fetch, first, request.is_disconnected, poll_s=settings.events_poll_s,
+                                            keepalive_s=settings.events_keepalive_s, max_s=settings.events_max_s,
+                                            last_id=_last_event_id(last_event_id), changed=subscription.changed):
+                yield chunk
+        finally:
+            subscription.__exit__(None, None, None)
+
     return StreamingResponse(
-        stream,
+        stream(),
         media_type="text/event-stream",
         # no-transform and X-Accel-Buffering: proxies (nginx) must pass events on as they come.
         headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},

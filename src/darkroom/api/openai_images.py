@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import time
@@ -39,6 +40,7 @@ from darkroom.errors import (
     Unauthorized,
 )
 from darkroom.service import Service
+from darkroom.wakeup import AsyncHub
 
 log = logging.getLogger(__name__)
 
@@ -323,23 +325,30 @@ def _cancel_all(service: Service, key: ApiKey, ids: list[str]) -> None:
 
 
 async def _wait(request: Request, service: Service, key: ApiKey, ids: list[str]) -> list[QueuedRequest]:
+    """Until every request succeeded (or one did not): read them whenever the store signals a
+    change to the first unfinished one (``darkroom.wakeup``), so the answer leaves as soon as the
+    last image is stored. Subscribed before the first read, so no change is missed."""
     deadline = time.monotonic() + service.settings.sync_wait_s
-    delay = 0.1
-    while True:
-        current = await run_in_threadpool(lambda: [service.get_request(key, i) for i in ids])
-        for r in current:
-            if r.status.is_terminal and r.status != Status.SUCCESS:
-                raise _failure(r)
-        if all(r.status == Status.SUCCESS for r in current):
-            return current
-        if time.monotonic() > deadline:
-            raise OpenAIError(504, f"The images were not ready within {service.settings.sync_wait_s:.0f} s; "
-                                   "the requests were cancelled.", code="timeout", kind="server_error")
-        if await request.is_disconnected():
-            log.info("client went away while waiting for %s; cancelling", ", ".join(ids))
-            raise OpenAIError(499, "client closed the request", code="client_closed")
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
+    hub: AsyncHub = request.app.state.hub
+    with contextlib.ExitStack() as stack:
+        subscriptions = {i: stack.enter_context(hub.subscribe(i)) for i in ids}
+        while True:
+            current = await run_in_threadpool(lambda: [service.get_request(key, i) for i in ids])
+            for r in current:
+                if r.status.is_terminal and r.status != Status.SUCCESS:
+                    raise _failure(r)
+            pending = [r.id for r in current if r.status != Status.SUCCESS]
+            if not pending:
+                return current
+            if time.monotonic() > deadline:
+                raise OpenAIError(504, f"The images were not ready within {service.settings.sync_wait_s:.0f} s; "
+                                       "the requests were cancelled.", code="timeout", kind="server_error")
+            if await request.is_disconnected():
+                log.info("client went away while waiting for %s; cancelling", ", ".join(ids))
+                raise OpenAIError(499, "client closed the request", code="client_closed")
+            # A short timeout: it bounds how late a client that went away is noticed, not how
+            # late a finished image is (the signal wakes this at once).
+            await subscriptions[pending[0]].changed(min(1.0, max(0.0, deadline - time.monotonic()) + 0.01))
 
 
 def _failure(request: QueuedRequest) -> Exception:

@@ -90,6 +90,6 @@ def preview_object(service: Service, base_url: str, request: Request) -> dict[st
     """
     if request.status != Status.PROCESSING or request.preview_step is None:
         return None
-    key = preview_key(request.id)
+    key = preview_key(request.id, request.attempts)
     url = f"{base_url.rstrip('/')}/media/{key}?{service.signed_media_query(key)}&step={request.preview_step}"
     return {"step": request.preview_step, "url": url}

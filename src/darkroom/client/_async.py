@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import inspect
+import logging
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,8 +23,10 @@ from ._base import (
     check_outcome,
 )
 from ._models import RequestPage, RequestStatus, Status
+from ._stream import ENDED, REOPEN, Ending, StatusStream, is_event_stream, stream_failure
 
 T = TypeVar("T")
+log = logging.getLogger("darkroom.client")
 
 
 class AsyncClient(BaseClient):
@@ -89,22 +92,26 @@ class AsyncClient(BaseClient):
         timeout: float | None = 600.0,
         poll_interval: float = 0.5,
         on_update: OnUpdate | None = None,
+        stream: bool = True,
     ) -> RequestStatus:
-        """Poll until the request has finished. See :meth:`Client.wait`.
+        """Wait until the request has finished, following its events stream. See :meth:`Client.wait`.
 
         Raises:
             WaitTimeout: still not finished after ``timeout`` seconds; the request goes on.
         """
         waiter = Waiter(request, timeout, poll_interval)
+        status = await self._observe(waiter, await self.get(waiter.request_id), on_update)
+        if status.done:
+            return status
+        if stream:
+            final = await self._follow(waiter, status, on_update)
+            if final is not None:
+                return final
         while True:
-            status = await self.get(waiter.request_id)
-            if waiter.observe(status) and on_update is not None:
-                result = on_update(status)
-                if inspect.isawaitable(result):
-                    await result
+            await asyncio.sleep(waiter.next_delay())
+            status = await self._observe(waiter, await self.get(waiter.request_id), on_update)
             if status.done:
                 return status
-            await asyncio.sleep(waiter.next_delay())
 
     async def generate(
         self,
@@ -114,11 +121,14 @@ class AsyncClient(BaseClient):
         timeout: float | None = 600.0,
         poll_interval: float = 0.5,
         on_update: OnUpdate | None = None,
+        stream: bool = True,
         **payload: Any,
     ) -> RequestStatus:
         """Submit and wait; raise RequestFailed unless it succeeds. See :meth:`Client.generate`."""
         submitted = await self.submit(model, prompt, **payload)
-        final = await self.wait(submitted, timeout=timeout, poll_interval=poll_interval, on_update=on_update)
+        final = await self.wait(
+            submitted, timeout=timeout, poll_interval=poll_interval, on_update=on_update, stream=stream
+        )
         return check_outcome(final)
 
     async def download(self, target: RequestStatus | str, index: int = 0) -> bytes:
@@ -136,6 +146,74 @@ class AsyncClient(BaseClient):
     async def model(self, model_id: str) -> dict[str, Any]:
         """One model's record. See :meth:`Client.model`."""
         return await self._send(self._build_model(model_id))
+
+    @staticmethod
+    async def _observe(waiter: Waiter, status: RequestStatus, on_update: OnUpdate | None) -> RequestStatus:
+        if waiter.observe(status) and on_update is not None:
+            result = on_update(status)
+            if inspect.isawaitable(result):
+                await result
+        return status
+
+    async def _follow(
+        self, waiter: Waiter, last: RequestStatus, on_update: OnUpdate | None
+    ) -> RequestStatus | None:
+        """Follow the events stream to the final status; ``None`` to poll instead. See ``Client._follow``."""
+        events = StatusStream(last)
+        attempt = 0
+        while True:
+            read_timeout = waiter.stream_read_timeout()
+            call = self._build_events(waiter.request_id, events.last_event_id, read_timeout)
+            changes = waiter.changes
+            response: httpx.Response | None = None
+            failure: Exception | None = None
+            try:
+                response = await self._http.send(call.request, stream=True)
+                if is_event_stream(response):
+                    ending = await self._read_events(response, events, waiter, on_update, read_timeout)
+                    if isinstance(ending, RequestStatus):
+                        return ending
+                    if ending is REOPEN:
+                        continue
+                    response = None  # it ended before done: not a refusal
+                else:
+                    await response.aread()
+            except httpx.RequestError as exc:
+                waiter.remaining()  # a read that timed out at the deadline is a WaitTimeout
+                response, failure = None, exc
+            finally:
+                if response is not None:
+                    await response.aclose()
+            if waiter.changes > changes:  # it was working: reopen at once, with a fresh count
+                attempt = 0
+                continue
+            delay = self._stream_retry_delay(call, attempt, response=response, exc=failure)
+            if delay is None:
+                log.debug("request %s: polling instead of the events stream (%s)",
+                          waiter.request_id, stream_failure(response, failure))
+                return None
+            attempt += 1
+            await asyncio.sleep(waiter.retry_delay(delay))
+
+    async def _read_events(
+        self,
+        response: httpx.Response,
+        events: StatusStream,
+        waiter: Waiter,
+        on_update: OnUpdate | None,
+        read_timeout: float,
+    ) -> RequestStatus | Ending:
+        """Read one connection: the final status, or why it stopped before that."""
+        events.reconnect()
+        async for chunk in response.aiter_text():
+            for update in events.feed(chunk):
+                status = update.status or await self.get(waiter.request_id)
+                await self._observe(waiter, status, on_update)
+                if update.done and status.done:
+                    return status
+            if waiter.stream_overruns(read_timeout):
+                return REOPEN
+        return ENDED
 
     async def _send(self, call: Call[T]) -> T:
         attempt = 0

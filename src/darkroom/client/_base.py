@@ -28,6 +28,7 @@ from ._errors import (
     parse_retry_after,
 )
 from ._models import RequestPage, RequestStatus, Status
+from ._stream import DEADLINE_SLACK, EVENT_STREAM, STREAM_IDLE_TIMEOUT
 
 API_PATH = "/api/v1/ie/requestqueue/apikey"
 # The provider's own SDK uses the shorter path; a base_url already ending in either is kept.
@@ -149,6 +150,25 @@ class BaseClient:
     def _build_model(self, model_id: str) -> Call[dict[str, Any]]:
         return Call(self._request("GET", f"/models/{_segment(model_id)}"), _parse_model)
 
+    def _build_events(
+        self, request: RequestRef, last_event_id: str | None, read_timeout: float
+    ) -> Call[httpx.Response]:
+        """The events stream's GET (docs/events.md), sent with ``stream=True``.
+
+        Its read timeout replaces the client's: it must outlast the server's keep-alive
+        interval, yet end by the wait's deadline (see ``Waiter.stream_read_timeout``).
+        """
+        headers = {**self._headers, "Accept": EVENT_STREAM, "Cache-Control": "no-cache"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        request = httpx.Request(
+            "GET",
+            f"{self._api_root}/requests/{_segment(request_id_of(request))}/events",
+            headers=headers,
+            extensions={"timeout": {**self._timeout.as_dict(), "read": read_timeout}},
+        )
+        return Call(request, _unparsed)
+
     def _build_download(self, target: RequestStatus | str, index: int) -> Call[bytes]:
         if isinstance(target, RequestStatus):
             if not target.succeeded:
@@ -208,7 +228,7 @@ class BaseClient:
         """
         if attempt >= self.max_retries:
             return None
-        backoff = min(self.retry_backoff * 2.0**attempt, MAX_BACKOFF)
+        backoff = self._backoff(attempt)
         if exc is not None:
             if not isinstance(exc, httpx.TransportError):
                 return None
@@ -222,6 +242,38 @@ class BaseClient:
             return backoff
         return retry_after if retry_after <= MAX_RETRY_AFTER else None
 
+    def _backoff(self, attempt: int) -> float:
+        return min(self.retry_backoff * 2.0**attempt, MAX_BACKOFF)
+
+    def _stream_retry_delay(
+        self,
+        call: Call[Any],
+        attempt: int,
+        *,
+        response: httpx.Response | None = None,
+        exc: Exception | None = None,
+    ) -> float | None:
+        """Seconds to wait before reopening the events stream, or ``None`` to poll instead.
+
+        The stream only makes waiting faster, so only what ``_send`` would retry (a
+        transport failure, a 429/502/503/504, and a stream that ended or broke before
+        ``done``: both ``None``) is tried again, ``max_retries`` times; anything else
+        (a 404 from a server without the route, a 500, a 2xx that is not an event
+        stream, e.g. from a proxy) means polling at once.
+
+        Raises:
+            AuthenticationError: a 401, as every other call raises it.
+        """
+        if response is not None:
+            if response.status_code == 401:
+                raise error_from_response(response)
+            if response.is_success:
+                return None
+            return self._retry_delay(call, attempt, response=response)
+        if exc is not None:
+            return self._retry_delay(call, attempt, exc=exc)
+        return None if attempt >= self.max_retries else self._backoff(attempt)
+
     @staticmethod
     def _translate(call: Call[Any], exc: httpx.RequestError) -> DarkroomError:
         """The SDK error for an httpx failure; the caller raises it ``from exc``."""
@@ -233,7 +285,11 @@ class BaseClient:
 
 
 class Waiter:
-    """The wait loop's bookkeeping: the deadline, change detection and the next sleep."""
+    """The wait loop's bookkeeping: the deadline, change detection and the next sleep.
+
+    Polls and stream events go through the same ``observe``, so ``on_update`` sees the
+    same sequence whichever way the status arrived.
+    """
 
     def __init__(self, request: RequestRef, timeout: float | None, poll_interval: float) -> None:
         if poll_interval < 0:
@@ -242,15 +298,30 @@ class Waiter:
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.last: RequestStatus | None = None
+        self.changes = 0  # observations that changed something; a stream that adds none is stuck
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._seen: tuple[object, ...] | None = None
 
     def observe(self, status: RequestStatus) -> bool:
-        """Record one poll. True when what a progress display shows has changed."""
+        """Record one poll or event. True when what a progress display shows has changed."""
         key = (status.status, status.progress, status.queue_position)
         changed = key != self._seen
         self._seen, self.last = key, status
+        self.changes += changed
         return changed
+
+    def remaining(self) -> float | None:
+        """Seconds left until the deadline (``None`` without one).
+
+        Raises:
+            WaitTimeout: the deadline has passed.
+        """
+        if self._deadline is None:
+            return None
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeout(self.request_id, self.timeout or 0.0, self.last)
+        return remaining
 
     def next_delay(self) -> float:
         """Seconds to sleep before the next poll; the last one lands on the deadline.
@@ -258,12 +329,36 @@ class Waiter:
         Raises:
             WaitTimeout: the deadline has passed.
         """
+        remaining = self.remaining()
+        return self.poll_interval if remaining is None else min(self.poll_interval, remaining)
+
+    def retry_delay(self, delay: float) -> float:
+        """``delay``, cut so that the sleep ends by the deadline (WaitTimeout when passed)."""
+        remaining = self.remaining()
+        return delay if remaining is None else min(delay, remaining)
+
+    def stream_read_timeout(self) -> float:
+        """The read timeout for a new events connection.
+
+        Longer than the server's keep-alive interval, so that a quiet but healthy stream
+        is not taken for a dead one, and no longer than the time left.
+
+        Raises:
+            WaitTimeout: the deadline has passed.
+        """
+        remaining = self.remaining()
+        return STREAM_IDLE_TIMEOUT if remaining is None else min(STREAM_IDLE_TIMEOUT, remaining)
+
+    def stream_overruns(self, read_timeout: float) -> bool:
+        """True when a read with ``read_timeout`` starting now could end well after the deadline.
+
+        A connection's read timeout is fixed when it opens; the caller reopens the
+        stream with a fresh one, so that WaitTimeout comes at the deadline, not at the
+        server's next keep-alive.
+        """
         if self._deadline is None:
-            return self.poll_interval
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise WaitTimeout(self.request_id, self.timeout or 0.0, self.last)
-        return min(self.poll_interval, remaining)
+            return False
+        return time.monotonic() + read_timeout > self._deadline + DEADLINE_SLACK
 
 
 def check_outcome(status: RequestStatus) -> RequestStatus:
@@ -294,6 +389,10 @@ def _json(response: httpx.Response) -> Any:
             code=INVALID_RESPONSE,
             response=response,
         ) from exc
+
+
+def _unparsed(response: httpx.Response) -> httpx.Response:
+    return response
 
 
 def _parse_status(response: httpx.Response) -> RequestStatus:

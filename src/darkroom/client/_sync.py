@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,8 +22,10 @@ from ._base import (
     check_outcome,
 )
 from ._models import RequestPage, RequestStatus, Status
+from ._stream import ENDED, REOPEN, Ending, StatusStream, is_event_stream, stream_failure
 
 T = TypeVar("T")
+log = logging.getLogger("darkroom.client")
 
 
 class Client(BaseClient):
@@ -123,14 +126,22 @@ class Client(BaseClient):
         timeout: float | None = 600.0,
         poll_interval: float = 0.5,
         on_update: OnUpdate | None = None,
+        stream: bool = True,
     ) -> RequestStatus:
-        """Poll until the request is ``success``, ``failed`` or ``cancelled``.
+        """Wait until the request is ``success``, ``failed`` or ``cancelled``.
+
+        One GET reads the current status; then the server's events stream (docs/events.md)
+        reports each change as it happens, so the end is seen at once rather than at the
+        next poll. If the stream cannot be opened (an older server, a proxy that does not
+        pass it) or breaks, it is reopened up to ``max_retries`` times, then the rest of
+        the wait polls.
 
         Args:
             timeout: seconds to wait in all; ``None`` waits for ever.
-            poll_interval: seconds between polls.
-            on_update: called with the status after the first poll and after each
-                poll in which the status word, the progress or the queue position changed.
+            poll_interval: seconds between polls, when polling.
+            on_update: called with the status after the first GET and whenever the
+                status word, the progress or the queue position changed.
+            stream: ``False`` polls from the start.
 
         Returns:
             The final status, whatever it is (``generate`` is the variant that raises).
@@ -139,13 +150,18 @@ class Client(BaseClient):
             WaitTimeout: still not finished after ``timeout`` seconds; the request goes on.
         """
         waiter = Waiter(request, timeout, poll_interval)
+        status = self._observe(waiter, self.get(waiter.request_id), on_update)
+        if status.done:
+            return status
+        if stream:
+            final = self._follow(waiter, status, on_update)
+            if final is not None:
+                return final
         while True:
-            status = self.get(waiter.request_id)
-            if waiter.observe(status) and on_update is not None:
-                on_update(status)
+            time.sleep(waiter.next_delay())
+            status = self._observe(waiter, self.get(waiter.request_id), on_update)
             if status.done:
                 return status
-            time.sleep(waiter.next_delay())
 
     def generate(
         self,
@@ -155,12 +171,13 @@ class Client(BaseClient):
         timeout: float | None = 600.0,
         poll_interval: float = 0.5,
         on_update: OnUpdate | None = None,
+        stream: bool = True,
         **payload: Any,
     ) -> RequestStatus:
         """Submit a request and wait for its result (``submit`` then ``wait``).
 
-        ``timeout``, ``poll_interval`` and ``on_update`` are ``wait``'s; every other
-        keyword is a payload field.
+        ``timeout``, ``poll_interval``, ``on_update`` and ``stream`` are ``wait``'s; every
+        other keyword is a payload field.
 
         Returns:
             The final status, which has succeeded; its images are ``.urls``.
@@ -171,7 +188,9 @@ class Client(BaseClient):
             WaitTimeout: not finished in time.
         """
         submitted = self.submit(model, prompt, **payload)
-        final = self.wait(submitted, timeout=timeout, poll_interval=poll_interval, on_update=on_update)
+        final = self.wait(
+            submitted, timeout=timeout, poll_interval=poll_interval, on_update=on_update, stream=stream
+        )
         return check_outcome(final)
 
     def download(self, target: RequestStatus | str, index: int = 0) -> bytes:
@@ -207,6 +226,72 @@ class Client(BaseClient):
             NotFoundError: no such model (``code`` ``model_not_found``).
         """
         return self._send(self._build_model(model_id))
+
+    @staticmethod
+    def _observe(waiter: Waiter, status: RequestStatus, on_update: OnUpdate | None) -> RequestStatus:
+        if waiter.observe(status) and on_update is not None:
+            on_update(status)
+        return status
+
+    def _follow(
+        self, waiter: Waiter, last: RequestStatus, on_update: OnUpdate | None
+    ) -> RequestStatus | None:
+        """Follow the events stream to the final status; ``None`` to poll instead."""
+        events = StatusStream(last)
+        attempt = 0
+        while True:
+            read_timeout = waiter.stream_read_timeout()
+            call = self._build_events(waiter.request_id, events.last_event_id, read_timeout)
+            changes = waiter.changes
+            response: httpx.Response | None = None
+            failure: Exception | None = None
+            try:
+                response = self._http.send(call.request, stream=True)
+                if is_event_stream(response):
+                    ending = self._read_events(response, events, waiter, on_update, read_timeout)
+                    if isinstance(ending, RequestStatus):
+                        return ending
+                    if ending is REOPEN:
+                        continue
+                    response = None  # it ended before done: not a refusal
+                else:
+                    response.read()
+            except httpx.RequestError as exc:
+                waiter.remaining()  # a read that timed out at the deadline is a WaitTimeout
+                response, failure = None, exc
+            finally:
+                if response is not None:
+                    response.close()
+            if waiter.changes > changes:  # it was working: reopen at once, with a fresh count
+                attempt = 0
+                continue
+            delay = self._stream_retry_delay(call, attempt, response=response, exc=failure)
+            if delay is None:
+                log.debug("request %s: polling instead of the events stream (%s)",
+                          waiter.request_id, stream_failure(response, failure))
+                return None
+            attempt += 1
+            time.sleep(waiter.retry_delay(delay))
+
+    def _read_events(
+        self,
+        response: httpx.Response,
+        events: StatusStream,
+        waiter: Waiter,
+        on_update: OnUpdate | None,
+        read_timeout: float,
+    ) -> RequestStatus | Ending:
+        """Read one connection: the final status, or why it stopped before that."""
+        events.reconnect()
+        for chunk in response.iter_text():
+            for update in events.feed(chunk):
+                status = update.status or self.get(waiter.request_id)
+                self._observe(waiter, status, on_update)
+                if update.done and status.done:
+                    return status
+            if waiter.stream_overruns(read_timeout):
+                return REOPEN
+        return ENDED
 
     def _send(self, call: Call[T]) -> T:
         attempt = 0

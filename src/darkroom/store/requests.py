@@ -5,18 +5,36 @@ Status changes live in ``lifecycle.py``.
 
 from __future__ import annotations
 
-import heapq
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 import sqlalchemy as sa
 
-from darkroom.domain import Page, Request, Status, SubmitOptions
+from darkroom.domain import GenerationSpec, Page, Request, Status, SubmitOptions
 from darkroom.errors import NotFound
 from darkroom.store.rows import to_request
-from darkroom.store.tables import api_keys, requests
+from darkroom.store.tables import requests
+
+#: Queue positions are counted exactly up to this many requests ahead, and estimated
+#: beyond (see ``queue_position``): a status read costs the same with 10 or 100,000 queued.
+EXACT_POSITION_LIMIT = 1000
+
+
+def next_turn(conn: sa.Connection, key_id: str, model: str, priority: int) -> int:
+    """The round-robin turn of a request the key queues now for ``model`` at ``priority``.
+
+    The queue is served in (priority, turn, seq) order. A key's queued requests take
+    consecutive turns, starting at the head of the queue (the smallest queued turn): a
+    key with 1,000 queued requests holds turns h..h+999, and another key's single request
+    gets turn h, so it is served within one round, not after the backlog. Turns are fixed
+    at submit, so the claim and the queue position are index walks (``ix_requests_queue``,
+    ``ix_requests_key_turn``), never a replay of the scheduler.
+    """
+    queued = (requests.c.status == Status.QUEUED.value, requests.c.model == model, requests.c.priority == priority)
+    head = conn.execute(sa.select(sa.func.min(requests.c.turn)).where(*queued)).scalar()
+    mine = conn.execute(sa.select(sa.func.max(requests.c.turn)).where(requests.c.key_id == key_id, *queued)).scalar()
+    return max(head or 0, mine + 1 if mine is not None else 0)
 
 
 def insert_request(
@@ -27,13 +45,16 @@ def insert_request(
     now: float | None = None,
     options: SubmitOptions | None = None,
     request_hash: str | None = None,
+    spec: GenerationSpec | None = None,
 ) -> Request:
     """Store a new request, status queued, and return it.
 
+    ``spec`` is the generation spec the service built (stored with its shape key).
     Raises NotFound if ``key_id`` is no key (the foreign key refused it).
     """
     now = time.time() if now is None else now
     options = options or SubmitOptions()
+    turn = next_turn(conn, key_id, model, int(options.priority))
     try:
         row = conn.execute(
             requests.insert()
@@ -55,6 +76,9 @@ def insert_request(
                 base_url=options.base_url,
                 webhook_url=options.webhook_url,
                 webhook_secret=options.webhook_secret,
+                spec=spec.to_json() if spec is not None else None,
+                shape_key=spec.shape_key() if spec is not None else None,
+                turn=turn,
             )
             .returning(*requests.c)
         ).one()
@@ -98,46 +122,53 @@ def count_requests(conn: sa.Connection) -> int:
     return conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar_one()
 
 
+def _ahead(priority: int, turn: int, seq: int) -> sa.ColumnElement[bool]:
+    """Claimed before a request at (priority, turn, seq): the claim order as a row-value compare."""
+    return sa.tuple_(requests.c.priority, requests.c.turn, requests.c.seq) < sa.tuple_(
+        sa.literal(priority), sa.literal(turn), sa.literal(seq))
+
+
 def queue_position(conn: sa.Connection, request_id: str) -> int | None:
     """How many queued requests for the same model will be claimed before this one (0 = next).
 
-    None if the request is unknown or not queued. Replays the claim order of
-    ``lifecycle._next_queued`` (priority, then round-robin over keys by their last claim,
-    then FIFO) over the queued requests, so it is exact while nothing new arrives.
+    None if the request is unknown or not queued. Exact (the claim order is (priority,
+    turn, seq), and turns are fixed at submit) up to ``EXACT_POSITION_LIMIT`` requests
+    ahead; beyond that an estimate, so that a read never walks a long queue: the last
+    counted request's turn says how many requests share a turn (one per key with a
+    backlog), and the turns between it and this request are assumed as full.
     """
     me = conn.execute(
-        sa.select(requests.c.model, requests.c.status).where(requests.c.id == request_id)
+        sa.select(requests.c.model, requests.c.status, requests.c.priority, requests.c.turn, requests.c.seq)
+        .where(requests.c.id == request_id)
     ).first()
     if me is None or me.status != Status.QUEUED.value:
         return None
-    rows = conn.execute(
-        sa.select(requests.c.id, requests.c.seq, requests.c.priority, requests.c.key_id,
-                  sa.func.coalesce(api_keys.c.last_claimed_at, 0.0).label("turn"))
-        .select_from(requests.join(api_keys, api_keys.c.id == requests.c.key_id))
-        .where(requests.c.status == Status.QUEUED.value, requests.c.model == me.model)
-        .order_by(requests.c.seq)
-    ).all()
-    turn = {r.key_id: r.turn for r in rows}
-    later = max(turn.values(), default=0.0)  # each simulated claim moves its key's turn past all others
-    position = 0
-    for priority in sorted({r.priority for r in rows}):
-        by_key: dict[str, deque[Any]] = {}
-        for r in rows:
-            if r.priority == priority:
-                by_key.setdefault(r.key_id, deque()).append(r)
-        heap = [(turn[k], q[0].seq, k) for k, q in by_key.items()]
-        heapq.heapify(heap)
-        while heap:
-            _, _, key = heapq.heappop(heap)
-            taken = by_key[key].popleft()
-            if taken.id == request_id:
-                return position
-            position += 1
-            later += 1.0
-            turn[key] = later
-            if by_key[key]:
-                heapq.heappush(heap, (turn[key], by_key[key][0].seq, key))
-    return position  # unreachable: the request is among the rows
+    queued = (requests.c.status == Status.QUEUED.value, requests.c.model == me.model)
+    limit = EXACT_POSITION_LIMIT
+    window = (
+        sa.select(requests.c.priority, requests.c.turn)
+        .where(*queued, _ahead(me.priority, me.turn, me.seq))
+        .order_by(requests.c.priority, requests.c.turn, requests.c.seq)
+        .limit(limit)
+        .subquery()
+    )
+    mine = sa.case((window.c.priority == me.priority, window.c.turn))  # NULL for higher-priority rows
+    counted, same, first_turn, last_turn = conn.execute(
+        sa.select(sa.func.count(), sa.func.count(mine), sa.func.min(mine), sa.func.max(mine))
+    ).one()
+    if counted < limit or not same:
+        return counted  # exact; or a lower bound when 1,000 higher-priority requests are ahead
+    per_turn = same / max(1, last_turn - first_turn + 1)
+    return counted + round(max(0, me.turn - last_turn) * per_turn)
+
+
+def has_queued(conn: sa.Connection, models: list[str]) -> bool:
+    """Whether any request is queued for one of ``models`` (one index probe per model)."""
+    return any(
+        conn.execute(sa.select(requests.c.id).where(requests.c.status == Status.QUEUED.value,
+                                                    requests.c.model == model).limit(1)).first() is not None
+        for model in models
+    )
 
 
 def find_idempotent(conn: sa.Connection, key_id: str, idempotency_key: str) -> Any:

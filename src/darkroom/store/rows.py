@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from darkroom.domain import ApiKey, Request, Status
+from darkroom.domain import ApiKey, GenerationSpec, Request, Status
 
 
 def to_api_key(row: Any) -> ApiKey:
@@ -48,4 +48,7 @@ def to_request(row: Any) -> Request:
         webhook_url=row.webhook_url,
         webhook_secret=row.webhook_secret,
         preview_step=row.preview_step,
+        spec=GenerationSpec.from_json(row.spec) if row.spec else None,
+        shape_key=row.shape_key,
+        turn=row.turn,
     )

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from darkroom.domain import ApiKey, Page, Request, Status, SubmitOptions
+from darkroom.domain import ApiKey, GenerationSpec, Page, Request, Status, SubmitOptions
 from darkroom.errors import Conflict, RateLimited
 from darkroom.store import database, keys, lifecycle, webhooks, workers
 from darkroom.store import requests as requests_
 from darkroom.store.lifecycle import LeaseState
 from darkroom.store.rows import to_request
 from darkroom.store.webhooks import WebhookDelivery
+from darkroom.wakeup import QUEUE, REQUEST, Wakeup, wakeup_for
 
 if TYPE_CHECKING:
     from darkroom.settings import Settings
@@ -53,11 +54,18 @@ def _now(now: float | None) -> float:
 class Store:
     """The request queue, API keys and worker registry, over SQLite or PostgreSQL."""
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, wakeup: Wakeup | None = None, **engine_kwargs: Any) -> None:
         """Connect lazily to ``url`` (a SQLAlchemy URL: ``sqlite:///path`` or
-        ``postgresql+psycopg://...``). Call ``migrate()`` before first use."""
+        ``postgresql+psycopg://...``). Call ``migrate()`` before first use.
+
+        ``wakeup`` carries the store's change signals to other processes (default: the
+        one for this backend, ``darkroom.wakeup.wakeup_for``). Every method that queues
+        work or changes a request signals after its transaction commits, so a waiter that
+        wakes and reads sees the change.
+        """
         self.url = url
         self._engine = database.create_engine(url, **engine_kwargs)
+        self.wakeup: Wakeup = wakeup if wakeup is not None else wakeup_for(url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -84,6 +92,13 @@ class Store:
     def close(self) -> None:
         """Close pooled connections. The store may be used again afterwards (it reconnects)."""
         self._engine.dispose()
+
+    def _changed(self, *request_ids: str) -> None:
+        for request_id in request_ids:
+            self.wakeup.notify(REQUEST, request_id)
+
+    def _queued(self, model: str) -> None:
+        self.wakeup.notify(QUEUE, model)
 
     def _write(self) -> AbstractContextManager[sa.Connection]:
         return database.write_transaction(self._engine)
@@ -135,6 +150,7 @@ class Store:
         limits: Limits | None = None,
         only_existing: bool = False,
         now: float | None = None,
+        spec: GenerationSpec | None = None,
     ) -> Submitted | None:
         """Queue a request with idempotency and per-key limits checked in the same transaction.
 
@@ -144,9 +160,17 @@ class Store:
         - ``only_existing``: only look for such a replay; None if there is none.
         - Over ``limits.max_in_flight`` (queued + processing) or ``limits.rate_per_minute``
           (created in the last 60 s) raises RateLimited with a Retry-After estimate.
+        - ``spec``: the generation spec (stored with its shape key for batching).
         """
-        now = _now(now)
-        limits = limits or Limits()
+        submitted = self._submit(key_id, model, payload, options=options, request_hash=request_hash,
+                                 limits=limits or Limits(), only_existing=only_existing, now=_now(now), spec=spec)
+        if submitted is not None and submitted.created:
+            self._queued(model)
+        return submitted
+
+    def _submit(self, key_id: str, model: str, payload: dict[str, Any], *, options: SubmitOptions,
+                request_hash: str | None, limits: Limits, only_existing: bool, now: float,
+                spec: GenerationSpec | None) -> Submitted | None:
         with self._write() as conn:
             if options.idempotency_key:
                 row = requests_.find_idempotent(conn, key_id, options.idempotency_key)
@@ -170,13 +194,15 @@ class Store:
                     raise RateLimited(f"this key may submit {limits.rate_per_minute} requests per minute",
                                       retry_after=math.ceil(frees_at - now))
             request = requests_.insert_request(conn, key_id, model, payload, now, options=options,
-                                               request_hash=request_hash)
+                                               request_hash=request_hash, spec=spec)
             return Submitted(request, created=True)
 
     def insert_request(self, key_id: str, model: str, payload: dict[str, Any], now: float | None = None) -> Request:
         """Queue a new request and return it (status queued). Raises NotFound for an unknown key."""
         with self._write() as conn:
-            return requests_.insert_request(conn, key_id, model, payload, _now(now))
+            request = requests_.insert_request(conn, key_id, model, payload, _now(now))
+        self._queued(model)
+        return request
 
     def get_request(self, request_id: str, key_id: str | None = None) -> Request | None:
         """The request, or None; with ``key_id``, None for another key's request too."""
@@ -210,17 +236,55 @@ class Store:
     def claim_request(
         self, worker_id: str, models: list[str], lease_s: float, now: float | None = None
     ) -> Request | None:
-        """Atomically take the oldest queued request for ``models``; None if there is none.
+        """Atomically take the next queued request for ``models``; None if there is none.
 
         Never hands one request to two claimers, across threads and processes.
         """
+        claimed = self.claim_batch(worker_id, models, lease_s, max_batch=1, now=now)
+        return claimed[0] if claimed else None
+
+    def claim_batch(
+        self,
+        worker_id: str,
+        models: list[str],
+        lease_s: float,
+        *,
+        max_batch: int,
+        shape_key: str | None = None,
+        now: float | None = None,
+    ) -> list[Request]:
+        """Atomically take the next queued request and up to ``max_batch - 1`` more that can share its
+        pipeline call (``lifecycle.claim_batch``), in queue order; [] if nothing is queued.
+        ``shape_key``: take only requests of that shape (to fill a batch)."""
+        if not models:
+            return []
         with self._write() as conn:
-            return lifecycle.claim_request(conn, worker_id, models, lease_s, _now(now))
+            claimed = lifecycle.claim_batch(conn, worker_id, models, lease_s, _now(now), max_batch=max_batch,
+                                            shape_key=shape_key)
+        self._changed(*(r.id for r in claimed))
+        return claimed
+
+    def has_queued(self, models: list[str]) -> bool:
+        """Whether anything is queued for ``models`` (a read; no lock taken)."""
+        with self._read() as conn:
+            return requests_.has_queued(conn, models)
 
     def renew_lease(self, request_id: str, worker_id: str, lease_s: float, now: float | None = None) -> LeaseState:
         """Extend the lease; falsy LeaseState if the worker no longer owns the request."""
         with self._write() as conn:
             return lifecycle.renew_lease(conn, request_id, worker_id, lease_s, _now(now))
+
+    def renew_leases(
+        self, request_ids: list[str], worker_id: str, lease_s: float, now: float | None = None
+    ) -> dict[str, LeaseState]:
+        """``renew_lease`` for a batch, in one UPDATE."""
+        with self._write() as conn:
+            return lifecycle.renew_leases(conn, request_ids, worker_id, lease_s, _now(now))
+
+    def lease_states(self, request_ids: list[str], worker_id: str) -> dict[str, LeaseState]:
+        """What ``renew_leases`` would answer, read without writing."""
+        with self._read() as conn:
+            return lifecycle.lease_states(conn, request_ids, worker_id)
 
     def report_progress(
         self,
@@ -238,22 +302,49 @@ class Store:
         ``preview_step``, when given, records the step of the preview image just stored.
         """
         with self._write() as conn:
-            return lifecycle.report_progress(conn, request_id, worker_id, step, total, lease_s, _now(now),
-                                             preview_step=preview_step)
+            state = lifecycle.report_progress(conn, request_id, worker_id, step, total, lease_s, _now(now),
+                                              preview_step=preview_step)
+        self._changed(request_id)
+        return state
+
+    def report_progress_batch(
+        self,
+        worker_id: str,
+        updates: dict[str, tuple[int, int, int | None]],
+        *,
+        lease_s: float,
+        now: float | None = None,
+    ) -> dict[str, LeaseState]:
+        """``report_progress`` for several requests in one transaction: ``updates`` maps each id to
+        (step, total, preview_step or None)."""
+        now = _now(now)
+        with self._write() as conn:
+            states = {rid: lifecycle.report_progress(conn, rid, worker_id, step, total, lease_s, now,
+                                                     preview_step=preview)
+                      for rid, (step, total, preview) in updates.items()}
+        self._changed(*updates)
+        return states
 
     def finish_request(
         self, request_id: str, worker_id: str, outcome: dict[str, Any], now: float | None = None
     ) -> Request | None:
-        """processing -> success by the lease owner; None if it does not own it (any more)."""
+        """processing -> success by the lease owner; None if it does not own it (any more).
+
+        A cancel flagged before this call wins: the request ends cancelled and that record
+        is returned (check its status)."""
         with self._write() as conn:
-            return lifecycle.finish_request(conn, request_id, worker_id, outcome, _now(now))
+            result = lifecycle.finish_request(conn, request_id, worker_id, outcome, _now(now))
+        self._changed(request_id)
+        return result
 
     def fail_request(
         self, request_id: str, worker_id: str, error: dict[str, Any], now: float | None = None
     ) -> Request | None:
         """processing -> failed by the lease owner, ``error`` = {"code", "message"}; else None."""
         with self._write() as conn:
-            return lifecycle.fail_request(conn, request_id, worker_id, error, _now(now))
+            result = lifecycle.fail_request(conn, request_id, worker_id, error, _now(now))
+        self._changed(request_id)
+        return result
 
     def cancel_request(self, request_id: str, key_id: str, now: float | None = None) -> Request:
         """Cancel (queued) or flag for cancelling (processing); return the fresh record.
@@ -261,17 +352,25 @@ class Store:
         Raises Conflict if it already ended, RequestNotFound if unknown or another key's.
         """
         with self._write() as conn:
-            return lifecycle.cancel_request(conn, request_id, key_id, _now(now))
+            result = lifecycle.cancel_request(conn, request_id, key_id, _now(now))
+        self._changed(request_id)
+        return result
 
     def mark_cancelled(self, request_id: str, worker_id: str, now: float | None = None) -> Request | None:
         """processing -> cancelled by the lease owner; None if it does not own it."""
         with self._write() as conn:
-            return lifecycle.mark_cancelled(conn, request_id, worker_id, _now(now))
+            result = lifecycle.mark_cancelled(conn, request_id, worker_id, _now(now))
+        self._changed(request_id)
+        return result
 
     def requeue_stalled(self, max_attempts: int, now: float | None = None) -> tuple[list[str], list[str]]:
         """Requeue (or fail with worker_lost) requests whose lease lapsed; (requeued, failed) ids."""
         with self._write() as conn:
-            return lifecycle.requeue_stalled(conn, max_attempts, _now(now))
+            requeued, failed = lifecycle.requeue_stalled(conn, max_attempts, _now(now))
+        if requeued:
+            self.wakeup.notify(QUEUE, "")
+        self._changed(*requeued, *failed)
+        return requeued, failed
 
     # -- workers ----------------------------------------------------------------------
 

@@ -83,9 +83,15 @@ requests = sa.Table(
     sa.Column("webhook_url", sa.Text(), nullable=True),
     sa.Column("webhook_secret", sa.Text(), nullable=True),
     sa.Column("preview_step", sa.Integer(), nullable=True),  # step of the latest preview image, if any
+    sa.Column("spec", sa.JSON(), nullable=True),  # darkroom.spec.GenerationSpec, fixed at submit
+    sa.Column("shape_key", sa.String(200), nullable=True),  # equal keys may share one pipeline call
+    # Round-robin place among the key's queued requests, fixed at submit (requests.next_turn).
+    sa.Column("turn", sa.BigInteger(), nullable=False, server_default="0"),
     sa.CheckConstraint(STATUS_CHECK, name="status"),
-    sa.Index("ix_requests_claim", "status", "model", "seq"),
-    sa.Index("ix_requests_claim_priority", "status", "priority", "model", "seq"),
+    # The claim order (lifecycle.claim_batch) and queue position walk this index.
+    sa.Index("ix_requests_queue", "status", "model", "priority", "turn", "seq"),
+    sa.Index("ix_requests_batch", "status", "model", "shape_key", "priority", "turn", "seq"),
+    sa.Index("ix_requests_key_turn", "key_id", "status", "model", "priority", "turn"),
     sa.Index("ix_requests_listing", "key_id", "seq"),
     sa.Index("ix_requests_stalled", "status", "lease_expires_at"),
     sa.Index(

@@ -7,7 +7,7 @@ import time
 import httpx
 from PIL import Image
 
-from darkroom.engines.params import INPUT_IMAGE_FIELDS
+from darkroom.domain import InputRef
 from darkroom.errors import EngineError, InvalidField, NotFound
 from darkroom.imaging import decode_image
 from darkroom.netguard import NetGuard, UrlNotAllowed, guarded_client
@@ -54,21 +54,18 @@ def fetch_url(url: str, *, max_bytes: int, timeout_s: float, guard: NetGuard | N
         raise EngineError(f"could not fetch input image {url}: {exc}", code="invalid_input_image") from exc
 
 
-def load_input_images(payload: dict, blobs: BlobStore, *, max_bytes: int, timeout_s: float = 30.0,
+def load_input_images(inputs: tuple[InputRef, ...], blobs: BlobStore, *, max_bytes: int, timeout_s: float = 30.0,
                       guard: NetGuard | None = None) -> tuple[Image.Image, ...]:
-    """Decoded input images in field order; URLs are fetched through ``guard`` (see
-    ``fetch_url``). Raises EngineError(code=invalid_input_image)."""
+    """The spec's input images, decoded, in field order; URLs are fetched through ``guard``
+    (see ``fetch_url``). Raises EngineError(code=invalid_input_image)."""
     images = []
-    for field in INPUT_IMAGE_FIELDS:
-        value = payload.get(field)
-        if not value:
-            continue
+    for ref in inputs:
         try:
-            if value.startswith(BLOB_PREFIX):
-                raw = blobs.get(value[len(BLOB_PREFIX):])
+            if ref.ref.startswith(BLOB_PREFIX):
+                raw = blobs.get(ref.ref[len(BLOB_PREFIX):])
             else:
-                raw = fetch_url(value, max_bytes=max_bytes, timeout_s=timeout_s, guard=guard)
-            images.append(decode_image(raw, f"payload.{field}"))
+                raw = fetch_url(ref.ref, max_bytes=max_bytes, timeout_s=timeout_s, guard=guard)
+            images.append(decode_image(raw, f"payload.{ref.field}"))
         except (InvalidField, NotFound) as exc:
-            raise EngineError(f"payload.{field}: {exc}", code="invalid_input_image") from exc
+            raise EngineError(f"payload.{ref.field}: {exc}", code="invalid_input_image") from exc
     return tuple(images)
