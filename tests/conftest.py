@@ -34,6 +34,15 @@ guidance = {{ default = 3.5, edit_default = 1.5, minimum = 0.0, maximum = 20.0 }
 native_area = 4096
 max_sequence_length = 16
 
+[models.tiny-full]
+pipeline = "flux"
+path = "{t2i}"
+brief_description = "the tiny model at the full output size (no upscaler): for pixel comparisons"
+[models.tiny-full.parameters]
+steps = {{ default = 2, minimum = 1, maximum = 50 }}
+[models.tiny-full.options]
+max_sequence_length = 16
+
 [models.tiny-slow]
 pipeline = "flux"
 path = "{t2i}"

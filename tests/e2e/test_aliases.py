@@ -40,10 +40,10 @@ def test_model_info_shows_aliases(aliased) -> None:
     by_alias = _get(server.url, key, "/models/flux-kontext-pro").json()
     assert by_alias["model"] == "tiny-edit"  # the record is the model's, under its own id
     listed = _get(server.url, key, "/models").json()
-    assert sorted(listed["model_ids"]) == ["tiny", "tiny-edit", "tiny-slow"]  # ids only
+    assert sorted(listed["model_ids"]) == ["tiny", "tiny-edit", "tiny-full", "tiny-slow"]  # ids only
     openai_ids = {m["id"] for m in httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"},
                                              timeout=30).json()["data"]}
-    assert openai_ids == {"tiny", "tiny-edit", "tiny-slow", "dall-e-3", "flux-kontext-pro"}
+    assert openai_ids == {"tiny", "tiny-edit", "tiny-full", "tiny-slow", "dall-e-3", "flux-kontext-pro"}
 
 
 def test_submit_through_an_alias(aliased) -> None:

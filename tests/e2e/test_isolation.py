@@ -54,7 +54,7 @@ def test_models_endpoints(deployment) -> None:
     a = deployment.a
     listing = a.get("/models").json()
     assert listing["model_ids"][0] == "tiny"
-    assert set(listing["model_ids"]) == {"tiny", "tiny-edit", "tiny-slow"}
+    assert set(listing["model_ids"]) == {"tiny", "tiny-edit", "tiny-full", "tiny-slow"}
     info = a.get("/models/tiny-edit").json()
     assert info["model"] == "tiny-edit" and info["model_type"] == "image-editing"
     assert info["host_type"] in ("", "internal", "external")

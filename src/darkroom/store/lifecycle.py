@@ -302,7 +302,8 @@ def finish_request(
         expect={Status.PROCESSING},
         owner=worker_id,
         now=now,
-        values={**_ended(now), "outcome": outcome, "error": None},
+        # Every step was done: the progress says so even if the last report was still in flight.
+        values={**_ended(now), "outcome": outcome, "error": None, "progress_step": requests.c.progress_total},
         guard=[sa.not_(requests.c.cancel_requested)],
     )
     if finished is not None:

@@ -159,7 +159,9 @@ def queue_position(conn: sa.Connection, request_id: str) -> int | None:
     if counted < limit or not same:
         return counted  # exact; or a lower bound when 1,000 higher-priority requests are ahead
     per_turn = same / max(1, last_turn - first_turn + 1)
-    return counted + round(max(0, me.turn - last_turn) * per_turn)
+    # Full turns between the last counted one and this request's, then on average half of
+    # the others in its own turn.
+    return counted + round(max(0, me.turn - last_turn - 1) * per_turn + (per_turn - 1) / 2)
 
 
 def has_queued(conn: sa.Connection, models: list[str]) -> bool:
