@@ -46,12 +46,14 @@ class _Bar:
         elif status == "queued":
             self._total = None  # a requeued request starts its steps over
             ahead = {None: "", 0: "next"}.get(queue_position, f"{queue_position} ahead")
-            self.progress.update(self.task, description="queued", completed=0, total=None, count=ahead)
+            self.progress.update(self.task, description="queued", completed=0, count=ahead)
         elif status == "success":
             total = total or self._total
             self.progress.update(self.task, description="done", completed=total or 1, total=total or 1,
                                  count=f"{total}/{total}" if total else "")
-        else:  # processing before the first step, failed, cancelled
+        elif status == "processing":  # before the worker's first step report
+            self.progress.update(self.task, description=status, count="")
+        else:  # failed, cancelled: the count stays where the request stopped
             self.progress.update(self.task, description=status)
 
 

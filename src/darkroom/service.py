@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from darkroom.domain import ApiKey, Page, Priority, Request, Status, SubmitOptions
@@ -45,6 +46,10 @@ def _fingerprint(model: str, payload: Any, options: SubmitOptions) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def result_key(request_id: str, attempt: int, index: int, output_format: str) -> str:
     """Where attempt ``attempt``'s image ``index`` of a request is stored. The attempt is in
     the key so that a worker that lost its lease (a zombie) can never overwrite, or delete,
@@ -69,6 +74,8 @@ class Service:
     blobs: BlobStore
     signer: UrlSigner
     guard: NetGuard
+    # secret digest -> (key, monotonic expiry): a status read should not cost a key lookup each time.
+    _keys: dict[str, tuple[ApiKey, float]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: Store | None = None) -> "Service":
@@ -89,13 +96,34 @@ class Service:
     # -- keys ---------------------------------------------------------------------------
 
     def authenticate(self, secret: str | None) -> ApiKey:
-        """The active key for ``secret``; raises Unauthorized."""
+        """The active key for ``secret``; raises Unauthorized.
+
+        A key found is remembered for ``auth_cache_s`` (only keys that exist: unknown
+        secrets always go to the store), so a revoke or a limit change made by another
+        process takes effect within that time.
+        """
+        key = self.cached_key(secret)
+        if key is not None:
+            return key
         if not secret:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         key = self.store.authenticate(secret.strip())
         if key is None:
             raise Unauthorized("invalid or revoked API key")
+        if self.settings.auth_cache_s > 0:
+            if len(self._keys) > 10_000:  # bounded: many keys in a short time just stop being cached
+                self._keys.clear()
+            self._keys[_digest(secret.strip())] = (key, time.monotonic() + self.settings.auth_cache_s)
         return key
+
+    def cached_key(self, secret: str | None) -> ApiKey | None:
+        """The key for ``secret`` if it was checked within ``auth_cache_s``; no I/O."""
+        if not secret or not self._keys:
+            return None
+        hit = self._keys.get(_digest(secret.strip()))
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
 
     # -- requests -----------------------------------------------------------------------
 

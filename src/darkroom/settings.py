@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted input image.")
 
+    auth_cache_s: float = Field(
+        5.0, ge=0, description="An API process remembers a checked key this long (0: never): a revoked key "
+                               "or changed limits take effect within it.")
+
     # Per-key limits (a key's own setting, `darkroom keys update`, wins; None: unlimited)
     default_rate_per_minute: int | None = Field(None, ge=1, description="Requests a key may submit per minute.")
     default_max_in_flight: int | None = Field(None, ge=1, description="Requests a key may have queued or running.")

@@ -3,14 +3,19 @@
 Most tests take ``make_client`` and so run twice, once against ``Client`` and once
 against ``AsyncClient`` (driven through a blocking facade), which is how the
 twins are held to the same behaviour.
+
+``deployment`` is the other kind: a real ``darkroom serve`` on loopback with a worker
+and the tiny models, for the tests that follow a request's events stream end to end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -109,6 +114,50 @@ def error(status_code: int, code: str, message: str = "nope", **extra: Any) -> h
     )
 
 
+def sse(*events: tuple[str, Any], retry: int | None = 2000, first_id: int = 1) -> bytes:
+    """An event stream's bytes as the server writes them: ``(name, data)`` pairs, ids from ``first_id``."""
+    parts = [f"retry: {retry}\n\n"] if retry is not None else []
+    for number, (name, data) in enumerate(events, start=first_id):
+        parts.append(f"id: {number}\nevent: {name}\ndata: {json.dumps(data)}\n\n")
+    return "".join(parts).encode()
+
+
+SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8"}
+
+
+def sse_response(*events: tuple[str, Any], **kwargs: Any) -> httpx.Response:
+    return httpx.Response(200, headers=SSE_HEADERS, content=sse(*events, **kwargs))
+
+
+class CutStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that yields ``chunks`` and then fails like a dropped connection."""
+
+    def __init__(self, *chunks: bytes, error: Exception | None = None) -> None:
+        self.chunks = chunks
+        self.error = error or httpx.ReadError("connection reset (test)")
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        raise self.error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def cut_response(*chunks: bytes, error: Exception | None = None) -> Callable[[httpx.Request], httpx.Response]:
+    """An answer (a function, so each request gets a fresh body) that breaks after ``chunks``."""
+    return lambda request: httpx.Response(200, headers=SSE_HEADERS, stream=CutStream(*chunks, error=error))
+
+
 class Blocking:
     """Drives an AsyncClient from synchronous test code, one event loop for its life."""
 
@@ -169,4 +218,19 @@ def fx() -> SimpleNamespace:
         API_ROOT=API_ROOT,
         API_KEY=API_KEY,
         REQUEST_ID=REQUEST_ID,
+        sse=sse,
+        sse_response=sse_response,
+        cut_response=cut_response,
+        CutStream=CutStream,
+        SSE_HEADERS=SSE_HEADERS,
     )
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Any]:
+    """A real server with a worker and two keys (``.a``, ``.b``), shared by a module's tests."""
+    from darkroom.testing.api import start_deployment
+
+    dep = start_deployment(tmp_path_factory.mktemp("client-deploy"), tiny_models)
+    yield dep
+    dep.server.stop()

@@ -25,10 +25,10 @@ def test_wait_follows_queued_processing_success(make_client, server, fx):
     )
     seen: list[RequestStatus] = []
 
-    final = make_client(server).wait(fx.REQUEST_ID, poll_interval=0, on_update=seen.append)
+    final = make_client(server).wait(fx.REQUEST_ID, poll_interval=0, on_update=seen.append, stream=False)
 
     assert final.succeeded and final.urls
-    assert len(server.requests) == 6
+    assert len(server.requests) == 6  # polls only: stream=False never asks for the events
     assert [(s.status, s.queue_position, s.progress) for s in seen] == [
         (Status.QUEUED, 2, None),
         (Status.QUEUED, 1, None),
@@ -135,10 +135,10 @@ def test_generate_reports_moderation_and_a_bare_cancel(make_client, server, fx):
 
 
 def test_async_wait_awaits_a_coroutine_on_update(fx):
-    answers = iter([fx.status_json("processing"), fx.status_json("success")])
-
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=next(answers))
+        if request.url.path.endswith("/events"):
+            return fx.sse_response(("status", {"status": "success"}), ("done", fx.status_json("success")))
+        return httpx.Response(200, json=fx.status_json("processing"))
 
     seen: list[Status] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from darkroom.domain import ApiKey, Priority, SubmitOptions
 from darkroom.errors import InvalidField
@@ -12,21 +13,29 @@ from darkroom.service import Service, parse_priority
 bearer = HTTPBearer(auto_error=False, description="darkroom API key (`darkroom keys create`).")
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
-def base_url(request: Request) -> str:
+def link_base(request: Request) -> str:
     """Where result links point: the configured public URL, else the URL this request came in on."""
     service: Service = request.app.state.service
     return service.settings.public_url or str(request.base_url)
 
 
-def bearer_key(
+async def base_url(request: Request) -> str:
+    """``link_base`` as a dependency (async: no thread-pool trip for it)."""
+    return link_base(request)
+
+
+async def bearer_key(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     service: Service = Depends(get_service),
 ) -> ApiKey:
-    return service.authenticate(credentials.credentials if credentials else None)
+    # async, so that a key checked recently costs no trip to the thread pool; the store is
+    # asked (from the pool) only on a miss.
+    secret = credentials.credentials if credentials else None
+    return service.cached_key(secret) or await run_in_threadpool(service.authenticate, secret)
 
 
 def submit_options(
@@ -42,5 +51,5 @@ def submit_options(
     return SubmitOptions(
         priority=parse_priority(priority, "X-Priority") if priority else Priority.NORMAL,
         idempotency_key=idempotency_key.strip() if idempotency_key else None,
-        base_url=base_url(request),
+        base_url=link_base(request),
     )

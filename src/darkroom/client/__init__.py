@@ -28,6 +28,12 @@ It needs only httpx and the standard library, never the server's code::
         page = client.list(status="success", limit=10)
         print(page.total, [r.request_id for r in page])
 
+``wait`` (and so ``generate``) follows the request's live events stream
+(``GET .../requests/{id}/events``, docs/events.md), so a change, and the end, is seen
+as soon as the server sees it; where the stream cannot be had (an older server, a proxy
+that blocks it) it falls back to polling every ``poll_interval`` seconds, and
+``stream=False`` polls from the start.
+
 The async twin has the same methods::
 
     async with AsyncClient("http://127.0.0.1:8000", api_key="dr_...") as client:

@@ -25,9 +25,9 @@ EVENT_STREAM = "text/event-stream"
 #: server sends a keep-alive comment after 15 s without events; this leaves as much again.
 STREAM_IDLE_TIMEOUT = 30.0
 
-#: How far past the wait's deadline a blocking read may still end. A socket read's timeout
-#: is fixed when the stream opens, so the sync client reconnects with a shorter one when an
-#: open stream could otherwise outlive the deadline by more than this.
+#: How far past the wait's deadline a blocking read may still end. A read timeout is fixed
+#: when the stream opens, so the clients reopen it with a shorter one when an open stream
+#: could otherwise outlive the deadline by more than this (see ``Waiter.stream_overruns``).
 DEADLINE_SLACK = 1.0
 
 
@@ -116,8 +116,8 @@ class StatusStream:
 
     def _merge(self, fields: dict[str, Any]) -> RequestStatus | None:
         raw = {**self.last.raw, **fields}
-        if fields.get("status", raw.get("status")) != Status.PROCESSING.value:
-            raw.pop("preview", None)  # the status object shows a preview only while processing
+        if raw.get("preview") and raw.get("status") != Status.PROCESSING.value:
+            raw["preview"] = None  # as in the status object: a preview only while processing
         try:
             return RequestStatus.from_json(raw)
         except DarkroomError:
@@ -137,7 +137,6 @@ def is_event_stream(response: httpx.Response) -> bool:
     """True for a 2xx answer that is an event stream (not, say, a proxy's HTML page)."""
     content_type = response.headers.get("content-type", "")
     return response.is_success and content_type.split(";")[0].strip().lower() == EVENT_STREAM
-
 
 
 def stream_failure(response: httpx.Response | None, exc: Exception | None) -> str:

@@ -244,6 +244,7 @@ class Client(BaseClient):
             call = self._build_events(waiter.request_id, events.last_event_id, read_timeout)
             changes = waiter.changes
             response: httpx.Response | None = None
+            refusal: httpx.Response | None = None  # an answer that is not an event stream
             failure: Exception | None = None
             try:
                 response = self._http.send(call.request, stream=True)
@@ -253,22 +254,22 @@ class Client(BaseClient):
                         return ending
                     if ending is REOPEN:
                         continue
-                    response = None  # it ended before done: not a refusal
                 else:
                     response.read()
+                    refusal = response
             except httpx.RequestError as exc:
                 waiter.remaining()  # a read that timed out at the deadline is a WaitTimeout
-                response, failure = None, exc
+                failure = exc
             finally:
                 if response is not None:
                     response.close()
             if waiter.changes > changes:  # it was working: reopen at once, with a fresh count
                 attempt = 0
                 continue
-            delay = self._stream_retry_delay(call, attempt, response=response, exc=failure)
+            delay = self._stream_retry_delay(call, attempt, response=refusal, exc=failure)
             if delay is None:
                 log.debug("request %s: polling instead of the events stream (%s)",
-                          waiter.request_id, stream_failure(response, failure))
+                          waiter.request_id, stream_failure(refusal, failure))
                 return None
             attempt += 1
             time.sleep(waiter.retry_delay(delay))
