@@ -66,3 +66,25 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registry = root / "models.toml"
     registry.write_text(TINY_REGISTRY.format(t2i=t2i, kontext=kontext))
     return registry
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A running throwaway PostgreSQL cluster for the session (``darkroom.testing.postgres``).
+
+    If it cannot start, the PostgreSQL tests FAIL (a missing database must not look like a
+    pass); DARKROOM_TEST_SKIP_PG=1 skips them instead. Deselect them with ``-m "not postgres"``.
+    """
+    from contextlib import ExitStack
+
+    from darkroom.testing.postgres import throwaway_cluster
+
+    with ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(throwaway_cluster())
+        except Exception as exc:  # noqa: BLE001 - reported as a failure (or skip) below
+            message = f"could not start PostgreSQL for the tests: {exc}"
+            if os.environ.get("DARKROOM_TEST_SKIP_PG") == "1":
+                pytest.skip(message)
+            pytest.fail(message, pytrace=False)
+        yield cluster

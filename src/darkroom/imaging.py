@@ -37,13 +37,19 @@ def size_for_aspect(w: int, h: int, *, area: int = TARGET_AREA, multiple: int = 
     return best[1], best[2]
 
 
+PNG_ZLIB_LEVEL = 1
+
+
 def encode_image(image: Image.Image, output_format: str) -> bytes:
     """JPEG (quality 95) or PNG bytes."""
     buf = io.BytesIO()
     if output_format == "jpeg":
         image.convert("RGB").save(buf, format="JPEG", quality=95)
     elif output_format == "png":
-        image.save(buf, format="PNG")
+        # zlib level 1, not Pillow's 6: on a 1 MP image with fine texture (what real models make)
+        # level 1 took 232 ms against 1,013 ms for level 6, for a file 18 % larger (1.63 against
+        # 1.38 MB); on flat shapes 36 against 38 ms (2026-12-04, this repo's 2-core CI machine).
+        image.save(buf, format="PNG", compress_level=PNG_ZLIB_LEVEL)
     else:
         raise ValueError(f"unsupported output format {output_format!r}")
     return buf.getvalue()

@@ -11,7 +11,8 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from darkroom.domain import ApiKey, Page, Priority, Request, Status, SubmitOptions
@@ -75,7 +76,7 @@ class Service:
     signer: UrlSigner
     guard: NetGuard
     # secret digest -> (key, monotonic expiry): a status read should not cost a key lookup each time.
-    _keys: dict[str, tuple[ApiKey, float]] = field(default_factory=dict, repr=False)
+    _keys: dict[str, tuple[ApiKey, float]] = dataclass_field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: Store | None = None) -> "Service":

@@ -7,7 +7,8 @@ import types
 
 from PIL import Image
 
-from darkroom.engines.flux import fit_area, resize, stitch
+from darkroom.engines.flux import fit_area, stitch
+from darkroom.engines.resize import resize
 
 
 def test_fit_area_keeps_aspect_in_multiples():

@@ -83,29 +83,36 @@ class SlowLoading:
         time.sleep(self.delay_s)
         self.engine.load()
 
-    def generate(self, jobs, on_step):
-        return self.engine.generate(jobs, on_step)
+    def generate(self, jobs, on_step, **options):
+        return self.engine.generate(jobs, on_step, **options)
 
     def close(self) -> None:
         self.engine.close()
 
 
 def test_a_load_longer_than_the_lease_does_not_cost_an_attempt(tmp_path: Path, tiny_models: Path) -> None:
+    """Worker B (another model) sweeps for stalled leases every 5 s; worker A's model takes 6 s
+    to load, the lease is 1 s. Had A claimed before loading, B's sweep would requeue the request."""
     settings = _settings(tmp_path, tiny_models, lease_s=1.0)
     store = Store.from_settings(settings)
     store.migrate()
     key, _ = store.create_key("k")
-    request_id = _submit(store, key.id)  # queued before either worker has its model loaded
+    request_id = _submit(store, key.id)  # queued before A has its model loaded
 
     def slow(spec, device):
-        # Longer than the lease (1 s) and than the interval of the stalled-lease sweep (5 s).
         return SlowLoading(create_engine(spec, device), delay_s=6.0)
 
-    workers = [build_worker(settings, store=store) for _ in range(2)]
-    for w in workers:
-        w.engine_factory = slow
-    with _Running(workers):
-        ended = _wait_ended(store, request_id)
+    sweeper = build_worker(settings.model_copy(update={"worker_models": ["tiny-edit"]}), store=store)
+    loader = build_worker(settings, store=store)
+    loader.engine_factory = slow
+    # One after the other: loading two pipelines on two threads of one process at once is not
+    # safe in transformers/diffusers (their meta-device contexts are process-wide).
+    with _Running([sweeper]):
+        deadline = time.monotonic() + 120
+        while store.active_workers("tiny-edit") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with _Running([loader]):
+            ended = _wait_ended(store, request_id)
     assert ended.status == Status.SUCCESS and ended.attempts == 1, ended
 
 
@@ -142,7 +149,7 @@ def claimed(tmp_path: Path):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store.migrate()
     key, _ = store.create_key("k")
-    request_id = _submit(store, key.id)
+    _submit(store, key.id)
     [request] = store.claim_batch("w1", ["tiny"], 30, max_batch=1)
     return store, LocalBlobStore(tmp_path / "blobs"), key, request
 

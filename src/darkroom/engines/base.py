@@ -34,6 +34,16 @@ class GenerationResult:
     image: Image.Image | None  # None when the job was stopped
     stopped: bool = False
     engine_ms: float = 0.0
+    # Set when the engine left ``image`` at its generation size (``defer_resize``): the job's size.
+    target_size: tuple[int, int] | None = None
+
+    def finished(self) -> Image.Image | None:
+        """The image at the job's size, resizing it now if the engine deferred that."""
+        if self.image is None or self.target_size is None:
+            return self.image
+        from darkroom.engines.resize import resize
+
+        return resize(self.image, *self.target_size)
 
 
 #: The longest side, in pixels, of a preview image.
@@ -75,8 +85,12 @@ class Engine(Protocol):
         """Load weights; idempotent. Raises EngineError(code="model_unavailable") if it cannot."""
         ...
 
-    def generate(self, jobs: Sequence[GenerationJob], on_step: StepCallback) -> list[GenerationResult]:
+    def generate(self, jobs: Sequence[GenerationJob], on_step: StepCallback, *,
+                 defer_resize: bool = False) -> list[GenerationResult]:
         """Run the jobs (one batch) and return one result per job, in order.
+
+        ``defer_resize``: the engine may leave images at their generation size and set
+        ``target_size``; ``GenerationResult.finished()`` resizes them (off the engine's thread).
 
         Same job (prompt, seed, size, steps, guidance, images) gives the same pixels.
         Raises EngineError for failures that the request should report.

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
+import socket
 import threading
 from collections.abc import Iterable
+from typing import Self
 
 from darkroom.wakeup.interface import QUEUE, REQUEST, Listener, Signal, Wakeup
 
 log = logging.getLogger(__name__)
 
 STOP_POLL_S = 0.5
-"""How long the hub's thread waits per call, hence how long :meth:`AsyncHub.stop` may take."""
+"""The longest the hub's thread waits at a time. :meth:`AsyncHub.stop` wakes it through a
+socket pair at once; with a listener that has no descriptor (in-process) stop may take this long."""
 
 
 class Subscription:
@@ -65,7 +69,7 @@ class Subscription:
         """Unsubscribe; idempotent."""
         self._hub._unsubscribe(self)
 
-    def __enter__(self) -> Subscription:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -91,6 +95,7 @@ class AsyncHub:
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping: threading.Event | None = None
+        self._stop_w: socket.socket | None = None  # wakes the thread to stop
 
     def start(self) -> None:
         """Start listening (idempotent). When it returns, signals sent afterwards are
@@ -100,23 +105,32 @@ class AsyncHub:
             if self._thread is not None and self._thread.is_alive():
                 return
             listener = self._wakeup.listen((QUEUE, REQUEST))
+            # Socket objects, not raw descriptors: one closed early fails cleanly instead of
+            # writing to whatever reused its number; the last reference closes them.
+            stop_r, stop_w = socket.socketpair()
             stopping = threading.Event()
             thread = threading.Thread(
-                target=self._run, args=(listener, stopping), name="darkroom-wakeup-hub", daemon=True
+                target=self._run, args=(listener, stopping, stop_r), name="darkroom-wakeup-hub", daemon=True
             )
             thread.start()
-            self._thread, self._stopping = thread, stopping
+            self._thread, self._stopping, self._stop_w = thread, stopping, stop_w
 
     def stop(self) -> None:
-        """Stop the thread and close its listener; waits up to about ``STOP_POLL_S``.
+        """Stop the thread and close its listener (waits for it, up to ``4 * STOP_POLL_S``).
 
         Subscriptions stay registered and wake again if the hub is started again."""
         with self._start_lock:
-            thread, stopping = self._thread, self._stopping
-            self._thread = self._stopping = None
-        if thread is not None and stopping is not None:
+            thread, stopping, stop_w = self._thread, self._stopping, self._stop_w
+            self._thread = self._stopping = self._stop_w = None
+            if thread is None or stopping is None or stop_w is None:
+                return
             stopping.set()
-            thread.join(timeout=STOP_POLL_S * 4)
+            try:
+                stop_w.send(b"x")  # wakes the thread's select at once
+            except OSError:
+                pass
+        thread.join(timeout=STOP_POLL_S * 4)
+        stop_w.close()
 
     def subscribe(self, request_id: str) -> Subscription:
         """A subscription to changes of one request; call from a running event loop."""
@@ -155,19 +169,37 @@ class AsyncHub:
                 if not by_payload:
                     del self._subs[subscription.channel]
 
-    def _run(self, listener: Listener, stopping: threading.Event) -> None:
+    def _run(self, listener: Listener, stopping: threading.Event, stop_r: socket.socket) -> None:
         try:
             while not stopping.is_set():
                 try:
-                    signals = listener.wait(STOP_POLL_S)
-                except Exception:  # noqa: BLE001 - the hub must outlive a bad wait; subscribers poll meanwhile
+                    signals = self._wait(listener, stop_r)
+                    if signals:
+                        self._dispatch(signals)
+                except Exception:  # the hub must outlive a bad wait; subscribers poll meanwhile
                     log.exception("wake-up hub: listener wait failed")
                     stopping.wait(STOP_POLL_S)
-                    continue
-                if signals:
-                    self._dispatch(signals)
         finally:
             listener.close()
+
+    @staticmethod
+    def _wait(listener: Listener, stop_r: socket.socket) -> list[Signal]:
+        """Wait on the listener's descriptor and the stop socket together, so that stop()
+        is prompt; a listener without a descriptor (or between connections) waits in
+        slices of STOP_POLL_S instead."""
+        try:
+            fd = listener.fileno()  # may change between calls (a PostgreSQL reconnect)
+        except OSError:
+            return listener.wait(STOP_POLL_S)
+        poller = select.poll()  # not select(): an API process may hold descriptors past 1024
+        poller.register(fd, select.POLLIN)
+        poller.register(stop_r, select.POLLIN)
+        ready = dict(poller.poll(STOP_POLL_S * 1000))
+        if stop_r.fileno() in ready:
+            return []
+        if ready.get(fd, 0) & ~select.POLLIN:  # an error or hang-up: let the listener deal with it, at its pace
+            return listener.wait(STOP_POLL_S)
+        return listener.wait(0)
 
     def _targets(self, signals: Iterable[Signal]) -> set[Subscription]:
         targets: set[Subscription] = set()

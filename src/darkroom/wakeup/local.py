@@ -12,6 +12,7 @@ import io
 import threading
 import time
 from collections.abc import Iterable
+from typing import Self
 
 from darkroom.wakeup.interface import Signal
 
@@ -52,6 +53,12 @@ class LocalListener:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class LocalWakeup:

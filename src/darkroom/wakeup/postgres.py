@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import sqlalchemy as sa
 
@@ -102,8 +102,8 @@ def _close_quietly(conn: psycopg.Connection[Any] | None) -> None:
     if conn is not None:
         try:
             conn.close()
-        except Exception:  # noqa: BLE001 - already broken; nothing to save
-            pass
+        except Exception as exc:  # noqa: BLE001 - already broken; nothing to save
+            log.debug("closing a wake-up connection: %s", exc)
 
 
 class PostgresListener:
@@ -153,7 +153,7 @@ class PostgresListener:
             if signals:  # drain what else has arrived, without waiting
                 for notify in conn.notifies(timeout=0):
                     self._add(signals, notify)
-        except self._psycopg.Error as exc:
+        except (self._psycopg.Error, OSError) as exc:
             log.warning("wake-up listener lost its PostgreSQL connection (%s); reconnecting", exc)
             self._conn = None
             _close_quietly(conn)
@@ -196,7 +196,7 @@ class PostgresListener:
         conn, self._conn = self._conn, None
         _close_quietly(conn)
 
-    def __enter__(self) -> PostgresListener:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -222,14 +222,14 @@ class PostgresWakeup:
             return
         try:
             if not self._lock.acquire(timeout=NOTIFY_LOCK_WAIT_S):
-                log.debug("wake-up %s %r dropped: the notify connection is busy", channel, payload)
+                log.debug("wake-up %s %.80r dropped: the notify connection is busy", channel, payload)
                 return
             try:
                 self._notify(CHANNEL_PREFIX + channel, payload)
             finally:
                 self._lock.release()
         except Exception as exc:  # noqa: BLE001 - a lost wake-up costs one poll interval; never fail the caller
-            log.warning("wake-up notify %s %r failed: %s", channel, payload, exc)
+            log.warning("wake-up notify %s %.80r failed: %s", channel, payload, exc)
 
     def _notify(self, pg_channel: str, payload: str) -> None:
         psycopg = self._psycopg
@@ -242,12 +242,12 @@ class PostgresWakeup:
                 return
             except psycopg.Error as exc:
                 if not (conn.broken or conn.closed):  # the server refused it (e.g. a payload too long)
-                    log.warning("wake-up %s %r refused: %s", pg_channel, payload, exc)
+                    log.warning("wake-up %s %.80r refused: %s", pg_channel, payload, exc)
                     return
                 self._conn = None
                 _close_quietly(conn)
                 if attempt == 2:
-                    log.warning("wake-up %s %r lost: %s", pg_channel, payload, exc)
+                    log.warning("wake-up %s %.80r lost: %s", pg_channel, payload, exc)
 
     def _connection(self) -> psycopg.Connection[Any] | None:
         """The shared connection, opened if needed; None while backing off or unreachable."""

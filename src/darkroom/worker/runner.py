@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from darkroom.domain import Request
 from darkroom.engines import create_engine
-from darkroom.engines.base import Engine, GenerationJob, Preview
+from darkroom.engines.base import Engine, GenerationJob, GenerationResult, Preview
 from darkroom.engines.registry import ModelSpec, Registry, load_registry
 from darkroom.errors import EngineError
 from darkroom.prompts import PromptUpsampler
@@ -296,7 +296,8 @@ class Worker:
 
         jobs: list[GenerationJob] = [t.job for t in tasks if t.job is not None]
         try:
-            results = engine.generate(jobs, on_step)
+            # Upscaling to the asked size happens in the publish pool, beside the next batch.
+            results = engine.generate(jobs, on_step, defer_resize=True)
         except EngineError as exc:
             for task in tasks:
                 self._end(task, exc.code, exc.message)
@@ -307,15 +308,15 @@ class Worker:
                 self._end(task, "engine_error", f"{type(exc).__name__}: {exc}")
             return
         for task, result in zip(tasks, results):
-            self._publish(task, result.image, stopped=result.stopped, engine_ms=result.engine_ms,
-                          batch_size=len(tasks))
+            self._publish(task, result, stopped=result.stopped, engine_ms=result.engine_ms, batch_size=len(tasks))
 
-    def _publish(self, task: Task, image, *, stopped: bool, engine_ms: float, batch_size: int) -> None:
+    def _publish(self, task: Task, result: GenerationResult | None, *, stopped: bool, engine_ms: float,
+                 batch_size: int) -> None:
         self._publish_slots.acquire()
 
         def run() -> None:
             try:
-                self.stages.publish(task, image, stopped=stopped, engine_ms=engine_ms, batch_size=batch_size)
+                self.stages.publish(task, result, stopped=stopped, engine_ms=engine_ms, batch_size=batch_size)
             finally:
                 self._forget(task)
                 self._publish_slots.release()

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from darkroom.domain import GenerationSpec, Request, Status
-from darkroom.engines.base import PREVIEW_MAX_SIDE, GenerationJob, Preview
+from darkroom.engines.base import PREVIEW_MAX_SIDE, GenerationJob, GenerationResult, Preview
 from darkroom.engines.registry import ModelSpec
 from darkroom.errors import EngineError
 from darkroom.imaging import encode_image
@@ -129,10 +129,13 @@ class Stages:
 
     # -- publish ------------------------------------------------------------------------
 
-    def publish(self, task: Task, image: Image.Image | None, *, stopped: bool, engine_ms: float,
+    def publish(self, task: Task, result: GenerationResult | Image.Image | None, *, stopped: bool, engine_ms: float,
                 batch_size: int) -> None:
-        """Take a generated (or stopped) request to its end state. Never raises."""
+        """Take a generated (or stopped) request to its end state. Never raises.
+
+        ``result`` is the engine's (resized here if the engine deferred it) or an image."""
         try:
+            image = result.finished() if isinstance(result, GenerationResult) else result
             self._publish(task, image, stopped=stopped, engine_ms=engine_ms, batch_size=batch_size)
         except EngineError as exc:
             self.fail(task, exc.code, exc.message)
