@@ -100,8 +100,9 @@ class Service:
         """The active key for ``secret``; raises Unauthorized.
 
         A key found is remembered for ``auth_cache_s`` (only keys that exist: unknown
-        secrets always go to the store), so a revoke or a limit change made by another
-        process takes effect within that time.
+        secrets always go to the store). A revoke or a limit change signals every API
+        process (``darkroom.wakeup.KEYS``), which forgets the key at once; were that signal
+        lost, the change would still take effect within ``auth_cache_s``.
         """
         key = self.cached_key(secret)
         if key is not None:
@@ -116,6 +117,15 @@ class Service:
                 self._keys.clear()
             self._keys[_digest(secret.strip())] = (key, time.monotonic() + self.settings.auth_cache_s)
         return key
+
+    def forget_keys(self, key_id: str = "") -> None:
+        """Drop remembered keys (one, or all with ""): it was revoked or its limits changed."""
+        if not key_id:
+            self._keys.clear()
+            return
+        for digest, (key, _) in list(self._keys.items()):
+            if key.id == key_id:
+                self._keys.pop(digest, None)
 
     def cached_key(self, secret: str | None) -> ApiKey | None:
         """The key for ``secret`` if it was checked within ``auth_cache_s``; no I/O."""

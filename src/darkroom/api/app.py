@@ -18,7 +18,7 @@ from darkroom.api.limits import BodySizeLimit
 from darkroom.domain import Request
 from darkroom.service import Service
 from darkroom.settings import Settings
-from darkroom.wakeup import AsyncHub
+from darkroom.wakeup import KEYS, AsyncHub
 from darkroom.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,10 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     """Build the app. Settings come in from the edge; the service is built from them unless given."""
     service = service or Service.from_settings(settings)
 
-    # One listener for the whole process: event streams and synchronous calls wait on it.
+    # One listener for the whole process: event streams and synchronous calls wait on it,
+    # and a revoked or changed key is forgotten by the key cache as soon as it is signalled.
     hub = AsyncHub(service.store.wakeup)
+    hub.on(KEYS, lambda signal: service.forget_keys(signal.payload))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -23,7 +23,7 @@ from darkroom.store import requests as requests_
 from darkroom.store.lifecycle import LeaseState
 from darkroom.store.rows import to_request
 from darkroom.store.webhooks import WebhookDelivery
-from darkroom.wakeup import QUEUE, REQUEST, Wakeup, wakeup_for
+from darkroom.wakeup import KEYS, QUEUE, REQUEST, Wakeup, wakeup_for
 
 if TYPE_CHECKING:
     from darkroom.settings import Settings
@@ -129,13 +129,17 @@ class Store:
     def revoke_key(self, id_or_name: str, now: float | None = None) -> ApiKey:
         """Revoke by id or active name; return the key. Raises NotFound."""
         with self._write() as conn:
-            return keys.revoke_key(conn, id_or_name, _now(now))
+            key = keys.revoke_key(conn, id_or_name, _now(now))
+        self.wakeup.notify(KEYS, key.id)  # API processes forget it now, not when their cache expires
+        return key
 
     def update_key(self, id_or_name: str, **changes: Any) -> ApiKey:
         """Set limits (``rate_per_minute``, ``max_in_flight``; None = server default) and
         ``allow_high_priority`` of an active key. Raises NotFound, InvalidField."""
         with self._write() as conn:
-            return keys.update_key(conn, id_or_name, **changes)
+            key = keys.update_key(conn, id_or_name, **changes)
+        self.wakeup.notify(KEYS, key.id)
+        return key
 
     # -- requests ---------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import sqlalchemy as sa
 
 from darkroom.wakeup.hub import AsyncHub, RequestSubscription, Subscription
-from darkroom.wakeup.interface import QUEUE, REQUEST, Listener, Signal, Wakeup
+from darkroom.wakeup.interface import KEYS, QUEUE, REQUEST, Listener, Signal, Wakeup
 from darkroom.wakeup.local import LocalWakeup
 from darkroom.wakeup.postgres import PostgresWakeup  # psycopg itself is imported on first use
 from darkroom.wakeup.sqlite import SqliteWakeup
@@ -33,6 +33,7 @@ from darkroom.wakeup.sqlite import SqliteWakeup
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "KEYS",
     "QUEUE",
     "REQUEST",
     "AsyncHub",

@@ -25,7 +25,7 @@ import logging
 import select
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Self
 
 from darkroom.wakeup.interface import QUEUE, REQUEST, Listener, Signal, Wakeup
@@ -96,6 +96,7 @@ class AsyncHub:
         self._thread: threading.Thread | None = None
         self._stopping: threading.Event | None = None
         self._stop_w: socket.socket | None = None  # wakes the thread to stop
+        self._callbacks: dict[str, list[Callable[[Signal], None]]] = {}  # channel -> called in the hub thread
 
     def start(self) -> None:
         """Start listening (idempotent). When it returns, signals sent afterwards are
@@ -104,7 +105,7 @@ class AsyncHub:
         with self._start_lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            listener = self._wakeup.listen((QUEUE, REQUEST))
+            listener = self._wakeup.listen((QUEUE, REQUEST, *self._callbacks))
             # Socket objects, not raw descriptors: one closed early fails cleanly instead of
             # writing to whatever reused its number; the last reference closes them.
             stop_r, stop_w = socket.socketpair()
@@ -131,6 +132,11 @@ class AsyncHub:
                 pass
         thread.join(timeout=STOP_POLL_S * 4)
         stop_w.close()
+
+    def on(self, channel: str, callback: Callable[[Signal], None]) -> None:
+        """Call ``callback(signal)`` in the hub's thread for every signal on ``channel`` (for
+        cheap, thread-safe bookkeeping such as dropping a cache). Register before ``start``."""
+        self._callbacks.setdefault(channel, []).append(callback)
 
     def subscribe(self, request_id: str) -> Subscription:
         """A subscription to changes of one request; call from a running event loop."""
@@ -217,6 +223,12 @@ class AsyncHub:
         return targets
 
     def _dispatch(self, signals: list[Signal]) -> None:
+        for signal in signals:
+            for callback in self._callbacks.get(signal.channel, ()):
+                try:
+                    callback(signal)
+                except Exception:
+                    log.exception("wake-up hub: a %s callback failed", signal.channel)
         by_loop: dict[asyncio.AbstractEventLoop, list[Subscription]] = {}
         for subscription in self._targets(signals):
             by_loop.setdefault(subscription.loop, []).append(subscription)

@@ -29,6 +29,10 @@ QUEUE = "queue"
 REQUEST = "request"
 """A request changed (claimed, progress, preview, finished...); payload: its id ("" = any)."""
 
+KEYS = "keys"
+"""An API key was revoked or its limits changed; payload: its id ("" = any). API processes
+drop the keys they remember (``Service.authenticate``'s cache) when they hear it."""
+
 
 @dataclass(frozen=True)
 class Signal:
