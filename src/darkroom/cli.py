@@ -71,7 +71,7 @@ def serve(
     from darkroom.supervise import WorkerProcess
 
     settings = _with_aliases(_settings(data_dir, models, public_url=public_url), alias)
-    _store(settings)  # migrate before the worker starts, so they don't race on it
+    store = _store(settings)  # migrate before the worker starts, so they don't race on it
     child = None
     if worker:
         args = ["--data-dir", str(settings.data_dir)]
@@ -79,15 +79,49 @@ def serve(
             args += ["--models", str(settings.models_file)]
         for name in settings.aliases:
             args += ["--alias", name]
-        child = WorkerProcess(args)
+
+        def recover(worker_id: str) -> None:
+            # The child died (crash, OOM killer, kill -9): what it held runs again now,
+            # not after its leases lapse.
+            requeued, failed = store.release_worker(worker_id, settings.max_attempts)
+            logging.getLogger(__name__).warning("worker %s died: requeued %d request(s), %d failed", worker_id,
+                                                len(requeued), len(failed))
+
+        child = WorkerProcess(args, on_exit=recover)
         child.start()
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+                            # open event streams must not hold a shutdown (or a restart) hostage
+                            timeout_graceful_shutdown=5)
+    server = _uvicorn_server(config, on_exit=child.stop if child else None)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
-                    # open event streams must not hold a shutdown (or a restart) hostage
-                    timeout_graceful_shutdown=5)
+        server.run()
     finally:
         if child:
             child.stop()
+
+
+def _uvicorn_server(config, on_exit):  # noqa: ANN001, ANN202 - uvicorn is imported lazily
+    """uvicorn's server, calling ``on_exit`` (stopping the worker child) before the process exits.
+
+    uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, with the default
+    handler, which ends the process before any ``finally`` of ours runs: the worker child
+    was orphaned. ``on_exit`` runs inside uvicorn's signal capture instead.
+    """
+    import contextlib
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # noqa: ANN202
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    if on_exit is not None:
+                        on_exit()
+
+    return Server(config)
 
 
 @app.command("worker")
@@ -95,14 +129,52 @@ def worker_cmd(
     data_dir: Optional[Path] = DataDir,
     models: Optional[Path] = ModelsFile,
     model: Optional[list[str]] = typer.Option(None, "--model", help="Serve only these models (repeatable)."),
-    device: Optional[str] = typer.Option(None, help="torch device, e.g. cuda:1 (default: cuda if present)."),
+    device: Optional[str] = typer.Option(None, help="torch device, e.g. cuda:1; 'auto' runs one worker per "
+                                                    "visible GPU (default: cuda if present, else cpu)."),
     alias: Optional[list[str]] = Aliases,
+    worker_id: Optional[str] = typer.Option(None, "--worker-id", hidden=True,
+                                            help="This worker's id (set by darkroom serve for its child)."),
+    exit_with_parent: bool = typer.Option(False, "--exit-with-parent", hidden=True,
+                                          help="Drain and exit when standard input closes (darkroom serve's child)."),
 ) -> None:
-    """Run a worker: claims queued requests and generates their images."""
+    """Run a worker: claims queued requests and generates their images. SIGTERM drains it:
+    the batch in hand is finished and stored, nothing new is claimed, exit status 0."""
     from darkroom.worker import run_worker
 
-    settings = _settings(data_dir, models, worker_models=model or None, device=device)
-    run_worker(_with_aliases(settings, alias))
+    settings = _settings(data_dir, models, worker_models=model or None, worker_id=worker_id)
+    settings = _with_aliases(settings, alias)
+    if device == "auto":
+        _run_per_gpu(settings, sys.argv[1:])
+        return
+    if device is not None:
+        settings = settings.model_copy(update={"device": device})
+    run_worker(settings, exit_with_parent=exit_with_parent)
+
+
+def _run_per_gpu(settings: Settings, argv: list[str]) -> None:
+    """``--device auto``: one worker process per visible GPU (``cuda:0`` .. ``cuda:N-1``), or
+    one CPU worker where there is none; SIGTERM/SIGINT drain them all."""
+    import signal
+    import subprocess
+
+    import torch
+
+    count = torch.cuda.device_count()
+    devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    base = [a for a in argv if a not in ("--device", "auto") and not a.startswith("--device=")]
+    logging.getLogger(__name__).info("starting %d workers: %s", len(devices), ", ".join(devices))
+    children = [subprocess.Popen([sys.executable, "-m", "darkroom.cli", *base, "--device", d]) for d in devices]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    if any(codes):
+        raise SystemExit(max(codes))
 
 
 @app.command()

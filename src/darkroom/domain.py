@@ -165,6 +165,22 @@ class SubmitOptions:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """A registered worker, as the operator's view shows it."""
+
+    id: str
+    models: list[str]
+    started_at: float
+    heartbeat_at: float
+    hostname: str = ""
+    pid: int = 0
+    device: str = ""
+    capacity: int = 1  # requests per batch (max_batch)
+    current: list[str] = field(default_factory=list)  # requests it holds, as of its last heartbeat
+    draining: bool = False  # finishing what it holds, claiming nothing new
+
+
+@dataclass(frozen=True)
 class Page:
     """A page of a listing and the size of the whole listing."""
 

@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The registry shipped with the source tree: <repo>/models/models.toml.
@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted input image.")
 
+    # Database: the connection pool of each process (PostgreSQL only; SQLite keeps SQLAlchemy's defaults)
+    db_pool_size: int = Field(5, ge=1, description="Connections a process keeps open to PostgreSQL.")
+    db_max_overflow: int = Field(10, ge=0, description="Extra PostgreSQL connections a process may open under "
+                                                       "load beyond db_pool_size (closed when returned).")
+    db_pool_timeout_s: float = Field(30.0, gt=0, description="How long a call waits for a free PostgreSQL connection "
+                                                             "before failing with 503 store_unavailable.")
+
     auth_cache_s: float = Field(
         5.0, ge=0, description="An API process remembers a checked key this long (0: never): a revoked key "
                                "or changed limits take effect within it.")
@@ -48,6 +55,11 @@ class Settings(BaseSettings):
     # Worker
     lease_s: float = Field(30.0, gt=0, description="A claimed request is requeued if its lease lapses this long.")
     max_attempts: int = Field(3, ge=1, description="Claims of one request before it fails with worker_lost.")
+    worker_dead_after_s: float = Field(
+        15.0, gt=0, description="A worker that has not heartbeated (every 5 s) for this long is dead: its requests "
+                                "are requeued without waiting for their leases.")
+    worker_id: str | None = Field(None, description="This worker's id (default: host-pid-random); darkroom serve "
+                                                    "names its child so it can requeue its requests if it dies.")
     poll_interval_s: float = Field(
         5.0, gt=0, description="Safety net: how often an idle worker looks for work although no wake-up came "
                                "(a submit wakes it at once; docs/operations.md).")
@@ -91,6 +103,20 @@ class Settings(BaseSettings):
     events_max_s: float = Field(3600.0, gt=0, description="An events stream closes after this; clients reconnect.")
     preview_every_steps: int = Field(4, ge=0, description="Preview image every N denoising steps (0: none); "
                                                           "at most one a second.")
+
+    # Storage: inputs, results and previews
+    storage_url: str | None = Field(
+        None, description="Where blobs live: file:///path (a folder) or s3://bucket/prefix (an S3-compatible "
+                          "bucket, created if missing; needs the s3 extra). Default: data_dir/blobs.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (radosgw, MinIO, ...); default AWS. Clients download results from "
+                          "presigned URLs on this host, so it must be reachable by them.")
+    s3_region: str | None = Field(None, description="S3 region (SigV4 signing); default boto3's (AWS_DEFAULT_REGION).")
+    s3_access_key_id: str | None = Field(None, description="S3 access key; default boto3's chain (AWS_* variables, "
+                                                           "instance role).")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key; default boto3's chain.")
+    s3_path_style: bool = Field(True, description="Path-style bucket addressing (endpoint/bucket/key), which "
+                                                  "S3-compatible servers need; false: virtual-hosted where possible.")
 
     # Synchronous dialects (OpenAI Images): the call waits for the queue
     sync_wait_s: float = Field(300.0, gt=0, description="A synchronous call gives up (504, its requests cancelled) "

@@ -10,15 +10,22 @@ SQLITE_BUSY when it tries to upgrade a read lock. Reads use a plain deferred ``B
 and run alongside the writer.
 
 PostgreSQL (``postgresql+psycopg://``) runs at READ COMMITTED: guarded UPDATEs re-check
-their WHERE on the latest row version, and the claim locks with ``FOR UPDATE SKIP LOCKED``.
+their WHERE on the latest row version, the claim locks with ``FOR UPDATE SKIP LOCKED``, and
+a submit locks its API key's row (``keys.lock_key``) so that one key's limit checks and
+idempotency lookups cannot interleave. Its pool is sized by settings (``db_pool_size``,
+``db_max_overflow``, ``db_pool_timeout_s``) and pings a connection before handing it out,
+so connections that died in a server restart are replaced at checkout. A transaction that
+the server drops midway still fails; ``is_transient`` says which failures are worth running
+the whole transaction again for, and ``run_write`` tells a failure before COMMIT (safe to
+re-run) from a failure of the COMMIT itself (``CommitUncertain``: it may have been applied).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -35,15 +42,31 @@ _PG_MIGRATE_LOCK = 0x6461726B726F6F6D
 # Execution option read by the begin hook: how a SQLite transaction starts.
 _BEGIN_OPTION = "darkroom_sqlite_begin"
 
+T = TypeVar("T")
 
-def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    pool_timeout: float | None = None,
+    **kwargs: Any,
+) -> sa.Engine:
     """Build the engine for ``url``; on SQLite, install the pragmas and begin hook.
 
+    ``pool_size``, ``max_overflow`` and ``pool_timeout`` (None: SQLAlchemy's default) size
+    the connection pool of a server database; SQLite ignores them and keeps SQLAlchemy's
+    pool (one file, no server to spare connections for). Server databases always get
+    ``pool_pre_ping``: a pooled connection that died (a restart, a failover, an idle
+    timeout) is replaced at checkout instead of failing the caller's first statement.
     Extra keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
     sa_url = sa.make_url(url)
     if sa_url.get_backend_name() != "sqlite":
-        return sa.create_engine(sa_url, pool_pre_ping=True, **kwargs)
+        pool = {name: value for name, value in (("pool_size", pool_size), ("max_overflow", max_overflow),
+                                                ("pool_timeout", pool_timeout)) if value is not None}
+        return sa.create_engine(sa_url, pool_pre_ping=True, **pool, **kwargs)
 
     connect_args = kwargs.pop("connect_args", {})
     # The pool hands a connection to one thread at a time; the API uses a thread pool.
@@ -93,7 +116,50 @@ def read_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
         try:
             yield conn
         finally:
-            conn.rollback()
+            if not conn.invalidated:  # a dropped connection has nothing to roll back; keep the first error
+                conn.rollback()
+
+
+class CommitUncertain(Exception):
+    """The COMMIT was sent and failed with a transient error (``__cause__``): the connection
+    broke before the server's answer arrived, so the transaction may or may not have been
+    applied. Running it again could apply it twice; the caller must not retry blindly."""
+
+
+def is_transient(exc: BaseException, dialect: str) -> bool:
+    """Whether running the failed transaction again, from the start, may succeed.
+
+    True for a connection the driver reported dead (``connection_invalidated``: the server
+    restarted, failed over, or terminated the session) and, on a server database, for
+    ``OperationalError`` and ``InterfaceError``: cannot connect, the server is starting or
+    shutting down, a deadlock or serialization failure (the server rolled the transaction
+    back). False for SQLite's errors: there is no server to come back, and a writer has
+    already waited out ``SQLITE_BUSY_TIMEOUT_MS`` before "database is locked".
+    """
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    return dialect != "sqlite" and isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
+def run_write(engine: sa.Engine, body: Callable[[sa.Connection], T]) -> T:
+    """``body(conn)`` in a write transaction, committed on success; return what it returned.
+
+    A transient failure of the COMMIT itself is raised as ``CommitUncertain``; any failure
+    before it (connecting, BEGIN, the statements) is raised as it is and left nothing
+    behind, since the server never received a COMMIT: the caller may run the whole unit again.
+    """
+    committing = False
+    try:
+        with write_transaction(engine) as conn:
+            result = body(conn)
+            committing = True  # leaving the block sends COMMIT
+    except sa.exc.DBAPIError as exc:
+        if committing and is_transient(exc, engine.dialect.name):
+            raise CommitUncertain(f"COMMIT failed, the transaction may or may not be applied: {exc}") from exc
+        raise
+    return result
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:

@@ -69,6 +69,26 @@ def authenticate(conn: sa.Connection, secret: str) -> ApiKey | None:
     return to_api_key(found) if found is not None else None
 
 
+def lock_key(conn: sa.Connection, key_id: str) -> bool:
+    """Lock the key's row until the transaction ends; False if there is no such key.
+
+    The submit takes it first, so that one key's submits run one at a time: its per-key
+    limits (count, then insert) and its idempotency lookup (look, then insert) are
+    check-then-act sequences that concurrent transactions at READ COMMITTED would otherwise
+    interleave. The lock is per key, so other keys' submits never wait for it.
+
+    PostgreSQL: ``FOR NO KEY UPDATE``, the weakest lock that conflicts with itself. It does
+    not conflict with the ``FOR KEY SHARE`` lock that inserting a row that references the key
+    takes, so it never blocks ``insert_request`` from another path. SQLite renders no
+    locking clause: a write transaction there holds the database's write lock from BEGIN
+    IMMEDIATE on, which serializes every writer already.
+    """
+    row = conn.execute(
+        sa.select(api_keys.c.id).where(api_keys.c.id == key_id).with_for_update(key_share=True)
+    ).first()
+    return row is not None
+
+
 def list_keys(conn: sa.Connection) -> list[ApiKey]:
     """Every key, revoked ones included, oldest first."""
     rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)).all()

@@ -386,28 +386,35 @@ def mark_cancelled(conn: sa.Connection, request_id: str, worker_id: str, now: fl
     )
 
 
-def requeue_stalled(conn: sa.Connection, max_attempts: int, now: float) -> tuple[list[str], list[str]]:
-    """Recover requests whose lease lapsed before ``now`` (their worker died or hung).
+def requeue_stalled(
+    conn: sa.Connection, max_attempts: int, now: float, dead_owners: Iterable[str] = ()
+) -> tuple[list[str], list[str]]:
+    """Recover requests whose lease lapsed before ``now`` (their worker died or hung), or whose
+    owner is in ``dead_owners`` (a worker known dead: its supervisor saw it exit, or it missed
+    its heartbeats), without waiting for the lease.
 
     Each goes back to queued (lease and progress cleared, queued_at and seq kept, so it
     is next in line) while it has had fewer than ``max_attempts`` claims; otherwise it
     fails with code ``worker_lost``. One whose cancel was requested is cancelled instead.
     Returns (requeued ids, failed ids); cancelled ones are in neither.
 
-    The guard is status + a still-lapsed lease + unchanged attempts and cancel flag, not
-    the owner (who is gone): if the owner renews, or another worker's recovery got here
-    first and the request was claimed again, the UPDATE matches nothing.
+    The guard is status + (a still-lapsed lease or the same dead owner) + unchanged attempts
+    and cancel flag: if the owner renews a lapsed lease, or another worker's recovery got
+    here first and the request was claimed again, the UPDATE matches nothing.
     """
+    dead = sorted(set(dead_owners))
+    gone = sa.or_(requests.c.lease_expires_at < now, requests.c.lease_owner.in_(dead)) if dead \
+        else requests.c.lease_expires_at < now
     stalled = conn.execute(
         sa.select(requests.c.id, requests.c.attempts, requests.c.cancel_requested)
-        .where(requests.c.status == Status.PROCESSING.value, requests.c.lease_expires_at < now)
+        .where(requests.c.status == Status.PROCESSING.value, gone)
         .order_by(requests.c.seq)
     ).all()
     requeued: list[str] = []
     failed: list[str] = []
     for row in stalled:
         guard = [
-            requests.c.lease_expires_at < now,
+            gone,
             requests.c.attempts == row.attempts,
             requests.c.cancel_requested == bool(row.cancel_requested),
         ]

@@ -12,13 +12,32 @@ from typing import Any
 import sqlalchemy as sa
 
 from darkroom.domain import GenerationSpec, Page, Request, Status, SubmitOptions
-from darkroom.errors import NotFound
+from darkroom.errors import Conflict, NotFound
 from darkroom.store.rows import to_request
 from darkroom.store.tables import requests
 
 #: Queue positions are counted exactly up to this many requests ahead, and estimated
 #: beyond (see ``queue_position``): a status read costs the same with 10 or 100,000 queued.
 EXACT_POSITION_LIMIT = 1000
+
+#: The partial unique index on (key_id, idempotency_key) and the foreign key to api_keys:
+#: the two rules an INSERT into requests can break (the ids are random UUIDs).
+IDEMPOTENCY_INDEX = "ix_requests_idempotency"
+_PG_UNIQUE_VIOLATION = "23505"
+_PG_FOREIGN_KEY_VIOLATION = "23503"
+
+
+class IdempotencyKeyTaken(Conflict):
+    """The insert lost a race for its idempotency key: another transaction stored a request
+    with the same (key, Idempotency-Key) between this one's lookup and its insert.
+
+    Not "no API key": the key exists, and the right answer is the other request (a replay)
+    or ``idempotency_conflict``, which a fresh transaction's lookup gives (``Store`` runs the
+    submit again on it). A Conflict, so that if it ever reaches a client it is a 409 with
+    the idempotency code, not a 404.
+    """
+
+    code = "idempotency_conflict"
 
 
 def next_turn(conn: sa.Connection, key_id: str, model: str, priority: int) -> int:
@@ -50,7 +69,10 @@ def insert_request(
     """Store a new request, status queued, and return it.
 
     ``spec`` is the generation spec the service built (stored with its shape key).
-    Raises NotFound if ``key_id`` is no key (the foreign key refused it).
+    Raises NotFound if ``key_id`` is no key (the foreign key refused it), and
+    IdempotencyKeyTaken if the key already has a request with ``options.idempotency_key``
+    (the unique index refused it: a concurrent submit won the race). On PostgreSQL either
+    leaves the transaction aborted: roll it back.
     """
     now = time.time() if now is None else now
     options = options or SubmitOptions()
@@ -83,8 +105,40 @@ def insert_request(
             .returning(*requests.c)
         ).one()
     except sa.exc.IntegrityError as exc:
-        raise NotFound(f"no API key {key_id!r}") from exc
+        violated = _violated_rule(exc)
+        if violated == "idempotency":
+            raise IdempotencyKeyTaken(
+                "Idempotency-Key was used by a concurrent request", field="Idempotency-Key") from exc
+        if violated == "key":
+            raise NotFound(f"no API key {key_id!r}") from exc
+        raise
     return to_request(row)
+
+
+def _violated_rule(exc: sa.exc.IntegrityError) -> str | None:
+    """Which rule a failed INSERT into requests broke: "idempotency", "key" (the foreign key
+    to api_keys), or None if it cannot tell (then the caller must not guess).
+
+    PostgreSQL (psycopg) names the constraint and the SQLSTATE; SQLite says it in the message
+    ("UNIQUE constraint failed: requests.key_id, requests.idempotency_key", "FOREIGN KEY
+    constraint failed").
+    """
+    orig = exc.orig
+    diag = getattr(orig, "diag", None)
+    if diag is not None:  # psycopg
+        sqlstate = getattr(orig, "sqlstate", None)
+        if sqlstate == _PG_UNIQUE_VIOLATION and diag.constraint_name == IDEMPOTENCY_INDEX:
+            return "idempotency"
+        if sqlstate == _PG_FOREIGN_KEY_VIOLATION:  # key_id is the table's only foreign key
+            return "key"
+        return None
+    message = str(orig)
+    if "FOREIGN KEY constraint failed" in message:
+        return "key"
+    if "UNIQUE constraint failed" in message and (
+            "requests.idempotency_key" in message or IDEMPOTENCY_INDEX in message):
+        return "idempotency"
+    return None
 
 
 def get_request(conn: sa.Connection, request_id: str, key_id: str | None = None) -> Request | None:
@@ -174,7 +228,12 @@ def has_queued(conn: sa.Connection, models: list[str]) -> bool:
 
 
 def find_idempotent(conn: sa.Connection, key_id: str, idempotency_key: str) -> Any:
-    """The row that used this key's idempotency key, if any (any age)."""
+    """The row that used this key's idempotency key, if any (any age).
+
+    Race-free only under the key's lock (``keys.lock_key``): at READ COMMITTED this
+    statement sees what committed before it started, so a submit that waited for the lock
+    sees the request its predecessor inserted.
+    """
     return conn.execute(
         sa.select(requests).where(requests.c.key_id == key_id, requests.c.idempotency_key == idempotency_key)
     ).first()
@@ -186,6 +245,8 @@ def release_idempotency_key(conn: sa.Connection, seq: int) -> None:
 
 
 def count_in_flight(conn: sa.Connection, key_id: str) -> int:
+    """The key's requests queued or processing. Checking a limit with it and then inserting
+    is atomic only under the key's lock (``keys.lock_key``)."""
     return conn.execute(
         sa.select(sa.func.count()).select_from(requests).where(
             requests.c.key_id == key_id,
@@ -195,7 +256,8 @@ def count_in_flight(conn: sa.Connection, key_id: str) -> int:
 
 
 def created_since(conn: sa.Connection, key_id: str, since: float) -> list[float]:
-    """Creation times of a key's requests after ``since``, oldest first."""
+    """Creation times of a key's requests after ``since``, oldest first (for the rate limit;
+    like ``count_in_flight``, atomic with the insert only under the key's lock)."""
     return list(conn.execute(
         sa.select(requests.c.created_at)
         .where(requests.c.key_id == key_id, requests.c.created_at > since)

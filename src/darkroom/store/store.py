@@ -4,20 +4,33 @@ Every method runs in its own transaction and returns domain records (``darkroom.
 never rows. Methods are synchronous: the API calls them from a thread pool, workers
 call them directly. Times are float Unix seconds; ``now`` parameters exist for tests and
 default to ``time.time()``.
+
+Surviving a database restart or failover: the pool pings connections at checkout, and a
+unit of work that fails on a transient error (``database.is_transient``: a dropped
+connection, a server that is starting or shutting down) is run again from scratch with
+short back-offs for up to ``Store.retry_budget_s``, then raises ``StoreUnavailable``
+(HTTP 503). The reads that answer clients, and the submit, do this. Reads are always safe
+to run again. A submit is run again only if it failed before its COMMIT was sent (nothing
+was applied); if the COMMIT itself fails the request may or may not have been stored, so
+it is not run again and raises ``StoreUnavailable`` at once (safe to resend with the same
+Idempotency-Key). Worker-side writes (claims, leases, outcomes) are not retried here: the
+worker wraps them in its own policy (``darkroom.worker.retry``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from darkroom.domain import ApiKey, GenerationSpec, Page, Request, Status, SubmitOptions
-from darkroom.errors import Conflict, RateLimited
+from darkroom.domain import ApiKey, GenerationSpec, Page, Request, Status, SubmitOptions, WorkerInfo
+from darkroom.errors import Conflict, NotFound, RateLimited, StoreUnavailable
 from darkroom.store import database, keys, lifecycle, webhooks, workers
 from darkroom.store import requests as requests_
 from darkroom.store.lifecycle import LeaseState
@@ -29,8 +42,22 @@ if TYPE_CHECKING:
     from darkroom.settings import Settings
 
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 IDEMPOTENCY_TTL_S = 24 * 3600.0
 IN_FLIGHT_RETRY_S = 5  # no way to know when a slot frees up; a short, honest guess
+
+# Re-running a unit of work after a transient database failure: back-offs from RETRY_FIRST_S,
+# doubling up to RETRY_MAX_S, within Store.retry_budget_s. A PostgreSQL restart takes a
+# second or two; for a longer outage the client's own retry (503 + Retry-After) is a better
+# place to wait than a request handler's thread.
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
+STORE_RETRY_AFTER_S = 5  # Retry-After of a StoreUnavailable
+# A submit that lost an idempotency race is run again to read the winner (at most this often).
+IDEMPOTENCY_RACE_RERUNS = 3
 
 
 @dataclass(frozen=True)
@@ -51,8 +78,58 @@ def _now(now: float | None) -> float:
     return time.time() if now is None else now
 
 
+def _find_replay(conn: sa.Connection, key_id: str, idempotency_key: str, request_hash: str | None,
+                 now: float) -> Submitted | None:
+    """The earlier submit with this idempotency key within ``IDEMPOTENCY_TTL_S``, as a replay;
+    None if there is none (an expired use does not count). Conflict if its body differed."""
+    row = requests_.find_idempotent(conn, key_id, idempotency_key)
+    if row is None or row.created_at <= now - IDEMPOTENCY_TTL_S:
+        return None
+    if row.request_hash != request_hash:
+        raise Conflict("Idempotency-Key was already used with a different request body",
+                       code="idempotency_conflict", field="Idempotency-Key")
+    return Submitted(to_request(row), created=False)
+
+
+def _submit_locked(conn: sa.Connection, key_id: str, model: str, payload: dict[str, Any], *,
+                   options: SubmitOptions, request_hash: str | None, limits: Limits, now: float,
+                   spec: GenerationSpec | None) -> Submitted:
+    """The submit's transaction: lock the key's row, then replay, limits, insert.
+
+    The lock comes first: every check after it sees the committed work of the key's previous
+    submit (READ COMMITTED reads what committed before each statement), and no other submit
+    of the key can act between a check and the insert. Raises NotFound for an unknown key.
+    """
+    if not keys.lock_key(conn, key_id):
+        raise NotFound(f"no API key {key_id!r}")
+    if options.idempotency_key:
+        replay = _find_replay(conn, key_id, options.idempotency_key, request_hash, now)
+        if replay is not None:
+            return replay
+        row = requests_.find_idempotent(conn, key_id, options.idempotency_key)
+        if row is not None:  # an expired use: forget it so that the key can be used again
+            requests_.release_idempotency_key(conn, row.seq)
+    if limits.max_in_flight is not None and requests_.count_in_flight(conn, key_id) >= limits.max_in_flight:
+        raise RateLimited(f"this key already has {limits.max_in_flight} requests queued or processing",
+                          retry_after=IN_FLIGHT_RETRY_S)
+    if limits.rate_per_minute is not None:
+        recent = requests_.created_since(conn, key_id, now - 60.0)
+        if len(recent) >= limits.rate_per_minute:
+            # The request that must leave the 60 s window before one more fits.
+            frees_at = recent[len(recent) - limits.rate_per_minute] + 60.0
+            raise RateLimited(f"this key may submit {limits.rate_per_minute} requests per minute",
+                              retry_after=math.ceil(frees_at - now))
+    request = requests_.insert_request(conn, key_id, model, payload, now, options=options,
+                                       request_hash=request_hash, spec=spec)
+    return Submitted(request, created=True)
+
+
 class Store:
     """The request queue, API keys and worker registry, over SQLite or PostgreSQL."""
+
+    #: How long a read or a submit keeps re-running after transient database failures
+    #: before it raises StoreUnavailable (seconds; an instance may set its own).
+    retry_budget_s: float = 10.0
 
     def __init__(self, url: str, *, wakeup: Wakeup | None = None, **engine_kwargs: Any) -> None:
         """Connect lazily to ``url`` (a SQLAlchemy URL: ``sqlite:///path`` or
@@ -69,13 +146,18 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        """The store ``settings`` describe; creates the data directory (and the SQLite file's)."""
+        """The store ``settings`` describe; creates the data directory (and the SQLite file's).
+
+        The pool settings (``db_pool_size``, ``db_max_overflow``, ``db_pool_timeout_s``)
+        apply to PostgreSQL; ``database.create_engine`` ignores them for SQLite.
+        """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.resolved_database_url()
         path = database.sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(url)
+        return cls(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                   pool_timeout=settings.db_pool_timeout_s)
 
     def __repr__(self) -> str:
         return f"Store({sa.make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -106,6 +188,53 @@ class Store:
     def _read(self) -> AbstractContextManager[sa.Connection]:
         return database.read_transaction(self._engine)
 
+    def _retrying(self, what: str, unit: Callable[[], T]) -> T:
+        """``unit()``, run again from scratch while it fails with a transient database error
+        (``database.is_transient``) and ``retry_budget_s`` lasts; then StoreUnavailable.
+
+        ``unit`` must be a whole transaction that is safe to run twice: a read, or a write
+        through ``database.run_write``, whose ``CommitUncertain`` (the COMMIT itself failed)
+        is never run again and becomes StoreUnavailable at once. A pool that had no free
+        connection within its ``pool_timeout`` has been waited for already: StoreUnavailable
+        at once. Other errors (domain errors, constraint violations, bugs) propagate unchanged.
+        """
+        deadline = time.monotonic() + self.retry_budget_s
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                return unit()
+            except database.CommitUncertain as exc:
+                raise StoreUnavailable(f"{what}: the database connection failed while committing, so the "
+                                       f"change may or may not have been saved; it is safe to retry "
+                                       f"with the same Idempotency-Key", retry_after=STORE_RETRY_AFTER_S) from exc
+            except sa.exc.TimeoutError as exc:  # the pool's, not a statement's
+                raise StoreUnavailable(f"{what}: no database connection free (the pool is exhausted)",
+                                       retry_after=STORE_RETRY_AFTER_S) from exc
+            except sa.exc.DBAPIError as exc:
+                if not database.is_transient(exc, self.backend):
+                    raise
+                reason = f"{type(exc.orig).__name__}: {str(exc.orig).strip().partition(chr(10))[0]}"
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(f"{what}: the database is unavailable ({reason})",
+                                           retry_after=STORE_RETRY_AFTER_S) from exc
+                log.warning("%s failed (%s); retrying in %.2f s", what, reason, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _reading(self, what: str, body: Callable[[sa.Connection], T]) -> T:
+        """``body(conn)`` in a read transaction, re-run on transient failures (``_retrying``)."""
+
+        def unit() -> T:
+            with self._read() as conn:
+                return body(conn)
+
+        return self._retrying(what, unit)
+
+    def _writing(self, what: str, body: Callable[[sa.Connection], T]) -> T:
+        """``body(conn)`` in a write transaction, re-run only on transient failures before its
+        COMMIT was sent (``_retrying``); a failed COMMIT raises StoreUnavailable."""
+        return self._retrying(what, lambda: database.run_write(self._engine, body))
+
     # -- API keys ---------------------------------------------------------------------
 
     def create_key(self, name: str, now: float | None = None) -> tuple[ApiKey, str]:
@@ -118,13 +247,11 @@ class Store:
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The active key whose secret this is, else None (unknown or revoked)."""
-        with self._read() as conn:
-            return keys.authenticate(conn, secret)
+        return self._reading("authenticating", lambda conn: keys.authenticate(conn, secret))
 
     def list_keys(self) -> list[ApiKey]:
         """All keys, revoked included, oldest first."""
-        with self._read() as conn:
-            return keys.list_keys(conn)
+        return self._reading("listing keys", keys.list_keys)
 
     def revoke_key(self, id_or_name: str, now: float | None = None) -> ApiKey:
         """Revoke by id or active name; return the key. Raises NotFound."""
@@ -165,6 +292,14 @@ class Store:
         - Over ``limits.max_in_flight`` (queued + processing) or ``limits.rate_per_minute``
           (created in the last 60 s) raises RateLimited with a Retry-After estimate.
         - ``spec``: the generation spec (stored with its shape key for batching).
+        - Raises NotFound for an unknown key; StoreUnavailable if the database stays
+          unreachable, or failed while committing (then the request may exist: resend with
+          the same idempotency key to find out).
+
+        Concurrent submits of one key are serialized by a lock on the key's row, taken
+        before the idempotency lookup and the limit checks (``keys.lock_key``), so that N
+        concurrent submits cannot all pass a limit, and the second of two submits with one
+        idempotency key sees the first and replays it. Other keys never wait for it.
         """
         submitted = self._submit(key_id, model, payload, options=options, request_hash=request_hash,
                                  limits=limits or Limits(), only_existing=only_existing, now=_now(now), spec=spec)
@@ -175,31 +310,33 @@ class Store:
     def _submit(self, key_id: str, model: str, payload: dict[str, Any], *, options: SubmitOptions,
                 request_hash: str | None, limits: Limits, only_existing: bool, now: float,
                 spec: GenerationSpec | None) -> Submitted | None:
-        with self._write() as conn:
-            if options.idempotency_key:
-                row = requests_.find_idempotent(conn, key_id, options.idempotency_key)
-                if row is not None and row.created_at > now - IDEMPOTENCY_TTL_S:
-                    if row.request_hash != request_hash:
-                        raise Conflict("Idempotency-Key was already used with a different request body",
-                                       code="idempotency_conflict", field="Idempotency-Key")
-                    return Submitted(to_request(row), created=False)
-                if row is not None and not only_existing:
-                    requests_.release_idempotency_key(conn, row.seq)
-            if only_existing:
+        """One submit as one unit of work, run again on transient failures before its COMMIT.
+
+        ``only_existing`` is a pure read (the service's replay check before it uploads input
+        images): no lock, no write transaction. A real submit that still loses an idempotency
+        race (``IdempotencyKeyTaken``: only possible if a request was inserted without the
+        key's lock) is run again: its fresh lookup finds the winner and answers a replay or
+        ``idempotency_conflict``, never "no API key".
+        """
+        if only_existing:
+            idempotency_key = options.idempotency_key
+            if not idempotency_key:
                 return None
-            if limits.max_in_flight is not None and requests_.count_in_flight(conn, key_id) >= limits.max_in_flight:
-                raise RateLimited(f"this key already has {limits.max_in_flight} requests queued or processing",
-                                  retry_after=IN_FLIGHT_RETRY_S)
-            if limits.rate_per_minute is not None:
-                recent = requests_.created_since(conn, key_id, now - 60.0)
-                if len(recent) >= limits.rate_per_minute:
-                    # The request that must leave the 60 s window before one more fits.
-                    frees_at = recent[len(recent) - limits.rate_per_minute] + 60.0
-                    raise RateLimited(f"this key may submit {limits.rate_per_minute} requests per minute",
-                                      retry_after=math.ceil(frees_at - now))
-            request = requests_.insert_request(conn, key_id, model, payload, now, options=options,
-                                               request_hash=request_hash, spec=spec)
-            return Submitted(request, created=True)
+            return self._reading("looking up an idempotency key",
+                                 lambda conn: _find_replay(conn, key_id, idempotency_key, request_hash, now))
+
+        def unit(conn: sa.Connection) -> Submitted:
+            return _submit_locked(conn, key_id, model, payload, options=options, request_hash=request_hash,
+                                  limits=limits, now=now, spec=spec)
+
+        for rerun in range(IDEMPOTENCY_RACE_RERUNS + 1):
+            try:
+                return self._writing("submitting a request", unit)
+            except requests_.IdempotencyKeyTaken:
+                if rerun == IDEMPOTENCY_RACE_RERUNS:
+                    raise
+                log.info("a submit for key %s lost an idempotency race; reading the winner", key_id)
+        raise AssertionError("unreachable")
 
     def insert_request(self, key_id: str, model: str, payload: dict[str, Any], now: float | None = None) -> Request:
         """Queue a new request and return it (status queued). Raises NotFound for an unknown key."""
@@ -210,8 +347,7 @@ class Store:
 
     def get_request(self, request_id: str, key_id: str | None = None) -> Request | None:
         """The request, or None; with ``key_id``, None for another key's request too."""
-        with self._read() as conn:
-            return requests_.get_request(conn, request_id, key_id)
+        return self._reading("reading a request", lambda conn: requests_.get_request(conn, request_id, key_id))
 
     def list_requests(
         self,
@@ -222,18 +358,16 @@ class Store:
         offset: int = 0,
     ) -> Page:
         """A page of the key's requests, newest first; ``total`` counts all matches."""
-        with self._read() as conn:
-            return requests_.list_requests(conn, key_id, model, status, limit, offset)
+        return self._reading("listing requests",
+                             lambda conn: requests_.list_requests(conn, key_id, model, status, limit, offset))
 
     def count_requests(self) -> int:
         """Number of stored requests, every key and state."""
-        with self._read() as conn:
-            return requests_.count_requests(conn)
+        return self._reading("counting requests", requests_.count_requests)
 
     def queue_position(self, request_id: str) -> int | None:
         """Queued requests for the same model ahead of this one (0-based); None if not queued."""
-        with self._read() as conn:
-            return requests_.queue_position(conn, request_id)
+        return self._reading("reading a queue position", lambda conn: requests_.queue_position(conn, request_id))
 
     # -- lifecycle (workers and clients) --------------------------------------------------
 
@@ -270,8 +404,7 @@ class Store:
 
     def has_queued(self, models: list[str]) -> bool:
         """Whether anything is queued for ``models`` (a read; no lock taken)."""
-        with self._read() as conn:
-            return requests_.has_queued(conn, models)
+        return self._reading("looking for queued work", lambda conn: requests_.has_queued(conn, models))
 
     def renew_lease(self, request_id: str, worker_id: str, lease_s: float, now: float | None = None) -> LeaseState:
         """Extend the lease; falsy LeaseState if the worker no longer owns the request."""
@@ -367,10 +500,28 @@ class Store:
         self._changed(request_id)
         return result
 
-    def requeue_stalled(self, max_attempts: int, now: float | None = None) -> tuple[list[str], list[str]]:
-        """Requeue (or fail with worker_lost) requests whose lease lapsed; (requeued, failed) ids."""
+    def requeue_stalled(
+        self, max_attempts: int, now: float | None = None, *, dead_after_s: float | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Requeue (or fail with worker_lost) requests whose lease lapsed, or, with ``dead_after_s``,
+        whose worker has not heartbeated for that long; (requeued, failed) ids."""
+        now = _now(now)
         with self._write() as conn:
-            requeued, failed = lifecycle.requeue_stalled(conn, max_attempts, _now(now))
+            dead = workers.silent_workers(conn, now - dead_after_s) if dead_after_s else []
+            requeued, failed = lifecycle.requeue_stalled(conn, max_attempts, now, dead_owners=dead)
+            for worker_id in dead:
+                workers.remove_worker(conn, worker_id)
+        if requeued:
+            self.wakeup.notify(QUEUE, "")
+        self._changed(*requeued, *failed)
+        return requeued, failed
+
+    def release_worker(self, worker_id: str, max_attempts: int, now: float | None = None) -> tuple[list[str], list[str]]:
+        """A worker is known dead (its supervisor saw it exit): requeue what it held at once (or fail
+        it with worker_lost after ``max_attempts``) and forget the worker; (requeued, failed) ids."""
+        with self._write() as conn:
+            requeued, failed = lifecycle.requeue_stalled(conn, max_attempts, _now(now), dead_owners=[worker_id])
+            workers.remove_worker(conn, worker_id)
         if requeued:
             self.wakeup.notify(QUEUE, "")
         self._changed(*requeued, *failed)
@@ -378,15 +529,23 @@ class Store:
 
     # -- workers ----------------------------------------------------------------------
 
-    def register_worker(self, worker_id: str, models: list[str], now: float | None = None) -> None:
-        """Record a worker and the models it serves (also a heartbeat)."""
+    def register_worker(self, worker_id: str, models: list[str], now: float | None = None,
+                        **details: Any) -> None:
+        """Record a worker and the models it serves (also a heartbeat); ``details``: hostname,
+        pid, device, capacity."""
         with self._write() as conn:
-            workers.register_worker(conn, worker_id, models, _now(now))
+            workers.register_worker(conn, worker_id, models, _now(now), details)
 
-    def heartbeat_worker(self, worker_id: str, now: float | None = None) -> bool:
-        """Note the worker is alive; False if it is not registered."""
+    def heartbeat_worker(self, worker_id: str, now: float | None = None, *, current: list[str] | None = None,
+                         draining: bool | None = None) -> bool:
+        """Note the worker is alive (and what it holds, whether it drains); False if it is not registered."""
         with self._write() as conn:
-            return workers.heartbeat_worker(conn, worker_id, _now(now))
+            return workers.heartbeat_worker(conn, worker_id, _now(now), current=current, draining=draining)
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every registered worker (the operator's view), the most recently started first."""
+        with self._read() as conn:
+            return workers.list_workers(conn)
 
     def remove_worker(self, worker_id: str) -> None:
         """Forget a worker (on clean shutdown)."""
@@ -395,8 +554,8 @@ class Store:
 
     def active_workers(self, model: str | None = None, within_s: float = 30.0, now: float | None = None) -> int:
         """Workers that heartbeated within ``within_s`` seconds and serve ``model`` (if given)."""
-        with self._read() as conn:
-            return workers.active_workers(conn, model, within_s, _now(now))
+        now = _now(now)
+        return self._reading("counting workers", lambda conn: workers.active_workers(conn, model, within_s, now))
 
     # -- webhook deliveries -----------------------------------------------------------
 
@@ -438,5 +597,4 @@ class Store:
 
     def list_webhook_deliveries(self, request_id: str) -> list[WebhookDelivery]:
         """A request's webhook deliveries, oldest first."""
-        with self._read() as conn:
-            return webhooks.list_deliveries(conn, request_id)
+        return self._reading("listing webhook deliveries", lambda conn: webhooks.list_deliveries(conn, request_id))

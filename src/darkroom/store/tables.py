@@ -113,6 +113,12 @@ workers = sa.Table(
     sa.Column("models", sa.JSON(), nullable=False),
     sa.Column("started_at", Timestamp, nullable=False),
     sa.Column("heartbeat_at", Timestamp, nullable=False),
+    sa.Column("hostname", sa.String(255), nullable=False, server_default=""),
+    sa.Column("pid", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("device", sa.String(64), nullable=False, server_default=""),
+    sa.Column("capacity", sa.Integer(), nullable=False, server_default="1"),  # max_batch
+    sa.Column("current", sa.JSON(), nullable=True),  # ids of the requests it holds, as of its heartbeat
+    sa.Column("draining", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 
 webhook_deliveries = sa.Table(

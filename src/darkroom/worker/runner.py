@@ -39,7 +39,7 @@ from darkroom.errors import EngineError
 from darkroom.prompts import PromptUpsampler
 from darkroom.safety import Moderator, SentenceEncoder
 from darkroom.settings import Settings
-from darkroom.storage import BlobStore, LocalBlobStore
+from darkroom.storage import BlobStore, blob_store_from_settings
 from darkroom.store import Store
 from darkroom.wakeup import QUEUE, REQUEST, Listener
 from darkroom.worker.lease import BatchLease
@@ -100,7 +100,7 @@ class Worker:
         self.store = store
         self.registry = registry
         self.engine_factory = engine_factory
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.retry = retry or RetryPolicy()
         self.engines: dict[str, Engine] = {}
         self.broken: dict[str, tuple[EngineError, float]] = {}  # model -> (load error, when)
@@ -165,17 +165,28 @@ class Worker:
 
     # -- housekeeping ---------------------------------------------------------------------
 
-    def heartbeat(self, force: bool = False) -> None:
+    def heartbeat(self, *, draining: bool = False) -> None:
+        """Say we are alive and what we hold; recover requests of workers that are not (lapsed
+        leases, or owners silent for ``worker_dead_after_s``)."""
         now = time.time()
-        if not force and now - self._last_heartbeat < HEARTBEAT_S:
-            return
-        self._last_heartbeat = now
-        self.store.heartbeat_worker(self.worker_id, now=now)
-        requeued, failed = self.store.requeue_stalled(self.settings.max_attempts, now=now)
+        with self._leases_lock:
+            current = sorted(self._leases)
+        self.store.heartbeat_worker(self.worker_id, now=now, current=current, draining=draining)
+        requeued, failed = self.store.requeue_stalled(self.settings.max_attempts, now=now,
+                                                      dead_after_s=self.settings.worker_dead_after_s)
         for rid in requeued:
             log.warning("request %s: its worker stopped responding; queued again", rid)
         for rid in failed:
             log.error("request %s: failed after %d attempts (worker_lost)", rid, self.settings.max_attempts)
+
+    def _heartbeats(self, stop: threading.Event, done: threading.Event) -> None:
+        # Its own thread, not the loop's: a batch can generate for minutes, and a worker that
+        # is slow but alive must keep saying so (others requeue the requests of silent ones).
+        while not done.wait(HEARTBEAT_S):
+            try:
+                self.heartbeat(draining=stop.is_set())
+            except Exception:
+                log.warning("heartbeat failed; retrying in %.0f s", HEARTBEAT_S, exc_info=True)
 
     def on_signal(self, channel: str, payload: str) -> None:
         """A wake-up: new work (QUEUE), or a change to a request (REQUEST; a cancel to act on)."""
@@ -226,7 +237,6 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and run one batch. Returns False if there was nothing to do."""
-        self.heartbeat()
         if not self.models:
             return False
         self._work.clear()  # before the claim: a wake-up after it is not lost
@@ -346,7 +356,15 @@ class Worker:
         done = threading.Event()
         listening = threading.Thread(target=self._listen, args=(listener, done), name="wakeup", daemon=True)
         listening.start()
-        self.retry.call("registering", lambda: self.store.register_worker(self.worker_id, self.models))
+        self.retry.call("registering", lambda: self.store.register_worker(
+            self.worker_id, self.models, hostname=socket.gethostname(), pid=os.getpid(),
+            device=self._device_name(), capacity=self.max_batch))
+        beating = threading.Thread(target=self._heartbeats, args=(stop, done), name="heartbeat", daemon=True)
+        beating.start()
+        try:
+            self.heartbeat()  # recover what a dead worker left before claiming anything
+        except Exception:
+            log.warning("first heartbeat failed; the heartbeat thread retries", exc_info=True)
         log.info("worker %s serving %s (batches of up to %d)", self.worker_id, ", ".join(self.models) or "nothing",
                  self.max_batch)
         try:
@@ -358,13 +376,15 @@ class Worker:
                     log.exception("worker loop error; carrying on")
                     stop.wait(1.0)
                     continue
-                self._work.wait(min(self.settings.poll_interval_s, HEARTBEAT_S))
+                self._work.wait(self.settings.poll_interval_s)
                 if stop.is_set():
                     break
         finally:
+            log.info("worker %s draining: finishing what it holds", self.worker_id)
             self._publisher.shutdown(wait=True)  # finish what was generated
             done.set()
             listening.join(timeout=5)
+            beating.join(timeout=5)
             listener.close()
             try:
                 self.store.remove_worker(self.worker_id)
@@ -372,6 +392,12 @@ class Worker:
                 log.warning("could not unregister worker %s", self.worker_id, exc_info=True)
             for engine in self.engines.values():
                 engine.close()
+
+    def _device_name(self) -> str:
+        if self.settings.device:
+            return self.settings.device
+        engine = next(iter(self.engines.values()), None)
+        return str(getattr(engine, "device", "")) or "auto"
 
     def stop_waiting(self) -> None:
         """Wake the loop (used with ``stop``) so that it notices the stop at once."""
@@ -387,7 +413,7 @@ def build_worker(settings: Settings, *, store: Store | None = None) -> Worker:
         settings,
         store,
         load_registry(settings.resolved_models_file(), aliases=settings.aliases),
-        LocalBlobStore(settings.data_dir / "blobs"),
+        blob_store_from_settings(settings),
         moderator=Moderator(image_detector=settings.image_moderation, encoder=encoder),
         upsampler=PromptUpsampler(chat_url=settings.upsampler_url, chat_model=settings.upsampler_model,
                                   chat_key=settings.upsampler_key, timeout_s=settings.upsampler_timeout_s,
@@ -395,10 +421,25 @@ def build_worker(settings: Settings, *, store: Store | None = None) -> Worker:
     )
 
 
-def run_worker(settings: Settings) -> None:
-    """Run a worker in this process until SIGINT or SIGTERM."""
+def run_worker(settings: Settings, *, exit_with_parent: bool = False) -> None:
+    """Run a worker in this process until SIGINT or SIGTERM (then drain: finish the batch in
+    hand, claim nothing new, return). ``exit_with_parent``: also drain when standard input
+    reaches its end, which is how a child of ``darkroom serve`` learns that its parent died
+    (even by kill -9: the kernel closes the parent's end of the pipe)."""
     worker = build_worker(settings)
     stop = threading.Event()
+    if exit_with_parent:
+        def watch_parent() -> None:
+            try:
+                while os.read(0, 4096):
+                    pass
+            except OSError:
+                pass
+            log.warning("parent process gone: draining")
+            stop.set()
+            worker.stop_waiting()
+
+        threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
 
     def _stop(signum: int, frame: object) -> None:
         log.info("signal %d: stopping after the current batch", signum)
