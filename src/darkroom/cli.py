@@ -300,6 +300,31 @@ def models_cmd(models: Optional[Path] = ModelsFile) -> None:
         typer.echo(f"{mark} {spec.id:<24} {spec.model_type:<14} {state:<16} {spec.path}{aka}")
 
 
+@app.command("workers")
+def workers_cmd(data_dir: Optional[Path] = DataDir,
+                json_output: bool = typer.Option(False, "--json", help="One JSON object per worker.")) -> None:
+    """List workers: where each runs, its models, what it holds now, its last heartbeat."""
+    import json
+
+    store = _store(_settings(data_dir))
+    now = time.time()
+    listed = store.list_workers()
+    if json_output:
+        for w in listed:
+            typer.echo(json.dumps({**w.__dict__, "heartbeat_age_s": round(now - w.heartbeat_at, 1)}))
+        return
+    typer.echo(f"{'WORKER':<36} {'HOST':<16} {'PID':>7} {'DEVICE':<8} {'BATCH':>5} {'STATE':<9} {'HEARTBEAT':>9}  "
+               "MODELS / HOLDING")
+    for w in listed:
+        age = now - w.heartbeat_at
+        state = "draining" if w.draining else ("silent" if age > 15 else "live")
+        holding = f" / {', '.join(w.current)}" if w.current else ""
+        typer.echo(f"{w.id:<36} {w.hostname[:16]:<16} {w.pid:>7} {w.device[:8]:<8} {w.capacity:>5} {state:<9} "
+                   f"{age:>7.1f} s  {', '.join(w.models)}{holding}")
+    if not listed:
+        typer.echo("(no workers registered)")
+
+
 @app.command("webhook-secret")
 def webhook_secret_cmd(data_dir: Optional[Path] = DataDir) -> None:
     """Print the server-wide webhook signing secret (for receivers of requests without their own)."""

@@ -12,6 +12,7 @@ the SDK mirrors it (``darkroom.client``).
      ├── RateLimited                 429 rate_limited (Retry-After)
      ├── InvalidField                422 invalid_field (names the field)
      ├── ModelUnavailable            503 model_unavailable
+     ├── StoreUnavailable            503 store_unavailable (Retry-After)
      └── EngineError                 (worker side: a request that fails with a code)
 """
 
@@ -95,6 +96,25 @@ class InvalidField(DarkroomError):
 class ModelUnavailable(DarkroomError):
     status_code = 503
     code = "model_unavailable"
+
+
+class StoreUnavailable(DarkroomError):
+    """The database could not be reached, or could not confirm a write; ``retry_after`` seconds
+    until it is worth trying again.
+
+    Raised by the store when a transient database failure (a PostgreSQL restart or failover,
+    a dropped connection, an exhausted connection pool) outlasts its retries, and when a
+    COMMIT failed so that the write may or may not have happened: a submit that ends so is
+    safe to resend with the same Idempotency-Key. A 503, not a 500: nothing is wrong with
+    the request, and the client's retry is the right answer.
+    """
+
+    status_code = 503
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(retry_after))
 
 
 class EngineError(DarkroomError):

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from darkroom.errors import DarkroomError, RateLimited
+from darkroom.errors import DarkroomError, RateLimited, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, (RateLimited, StoreUnavailable)):
             headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status_code,
                             headers=headers)

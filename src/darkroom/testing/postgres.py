@@ -75,15 +75,31 @@ class PostgresCluster:
         )  # fmt: skip
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        self._pg_ctl("start")
+
+    def _options(self) -> str:
         # Loopback TCP only, the socket in our own dir, and no fsync: a throwaway cluster.
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=200"
+        return f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=200"
+
+    def _pg_ctl(self, action: str, *args: str) -> None:
+        """``pg_ctl ACTION``, waiting (``-w``) until the server accepts connections (or is down)."""
         result = self._run(
             _pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "30",
-            "-o", options, "start",
+            "-o", self._options(), *args, action,
         )  # fmt: skip
         if result.returncode != 0:
             log = (self.root / "server.log").read_text() if (self.root / "server.log").exists() else ""
-            raise RuntimeError(f"pg_ctl start failed:\n{result.stdout}\n{result.stderr}\n{log}")
+            raise RuntimeError(f"pg_ctl {action} failed:\n{result.stdout}\n{result.stderr}\n{log}")
+
+    def restart(self, mode: str = "fast") -> None:
+        """Restart the server as an operator or a crash would, for tests that must survive it.
+
+        ``mode`` is pg_ctl's shutdown mode: ``fast`` (roll back open transactions, cut every
+        session, then stop cleanly) or ``immediate`` (kill the server; the restart recovers
+        from the WAL, as after a crash). Returns once the server accepts connections again,
+        on the same port: every pooled connection to it is dead by then.
+        """
+        self._pg_ctl("restart", "-m", mode)
 
     def stop(self) -> None:
         self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
