@@ -17,16 +17,22 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
+from darkroom.errors import StoreUnavailable
+from darkroom.store import database
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A database error that may go away by itself: connection lost, locked, server restarting."""
-    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+    """A database error that may go away by itself: connection lost, server restarting, the
+    store's own retries exhausted (``StoreUnavailable``), or, unlike the API's reads, a SQLite
+    database locked past its busy timeout: a worker with a finished image waits rather than
+    throw the work away."""
+    if isinstance(exc, StoreUnavailable):
         return True
-    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError))
+    return database.is_transient(exc, dialect="server") or isinstance(exc, sa.exc.TimeoutError)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from PIL import Image
 from darkroom.domain import GenerationSpec, Request, Status
 from darkroom.engines.base import PREVIEW_MAX_SIDE, GenerationJob, GenerationResult, Preview
 from darkroom.engines.registry import ModelSpec
+from darkroom.engines.vocabulary import prompt_warnings
 from darkroom.errors import EngineError
 from darkroom.imaging import encode_image
 from darkroom.netguard import NetGuard
@@ -182,8 +183,21 @@ class Stages:
                 "total_ms": _ms(finished - request.created_at),
             },
         }
+        # A closed-world model (darkroom-mini) names the prompt words it does not know; it still draws.
+        warnings = prompt_warnings(self.settings, request.model, task.prompt)
+        if warnings:
+            outcome["warnings"] = warnings
         ended = self.retry.call(f"finishing {task.id}",
                                 lambda: self.store.finish_request(task.id, self.worker_id, outcome))
+        if ended is None:
+            # Not ours any more, or ours already: a retried finish whose first COMMIT went
+            # through (the error came after it) matches nothing the second time. Look before
+            # deleting anything.
+            ended = self.retry.call(f"reading {task.id}", lambda: self.store.get_request(task.id))
+            if ended is not None and ended.status == Status.SUCCESS and (ended.outcome or {}).get("media") == \
+                    outcome["media"]:
+                return
+            ended = None
         if ended is None or ended.status != Status.SUCCESS:
             # Not ours any more, or a cancel that came first won: the image must not outlive that.
             log.info("request %s ended %s before its result was stored; result discarded", task.id,
