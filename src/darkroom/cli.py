@@ -222,15 +222,21 @@ def generate(
     outcome = status["outcome"]
     typer.echo(f"wrote {output} ({outcome['width']}x{outcome['height']}, seed {outcome['seed']}, "
                f"{time.time() - t0:.1f} s)")
+    for warning in outcome.get("warnings", []):  # e.g. prompt words the model does not know
+        typer.echo(f"warning: {warning}", err=True)
 
 
 RatePerMinute = typer.Option(None, "--rpm", help="Requests per minute (0: the server default).")
 MaxInFlight = typer.Option(None, "--max-in-flight", help="Requests queued or running at once (0: the server default).")
 HighPriority = typer.Option(None, "--allow-high-priority/--no-high-priority", help="May submit priority 'high'.")
+Admin = typer.Option(None, "--admin/--no-admin", help="May read the operator's HTTP routes (/api/v1/admin/...).")
 
 
-def _limit_changes(rpm: Optional[int], max_in_flight: Optional[int], high: Optional[bool]) -> dict[str, Any]:
+def _limit_changes(rpm: Optional[int], max_in_flight: Optional[int], high: Optional[bool],
+                   admin: Optional[bool] = None) -> dict[str, Any]:
     changes: dict[str, Any] = {}
+    if admin is not None:
+        changes["admin"] = admin
     if rpm is not None:
         changes["rate_per_minute"] = rpm or None
     if max_in_flight is not None:
@@ -243,18 +249,20 @@ def _limit_changes(rpm: Optional[int], max_in_flight: Optional[int], high: Optio
 def _describe(k) -> str:
     limits = [f"{k.rate_per_minute}/min" if k.rate_per_minute else "",
               f"{k.max_in_flight} in flight" if k.max_in_flight else "",
-              "high priority" if k.allow_high_priority else ""]
+              "high priority" if k.allow_high_priority else "",
+              "admin" if getattr(k, "admin", False) else ""]
     return ", ".join(x for x in limits if x) or "defaults"
 
 
 @keys_app.command("create")
 def keys_create(name: str = typer.Option(..., "--name", help="A label for the key."),
                 rpm: Optional[int] = RatePerMinute, max_in_flight: Optional[int] = MaxInFlight,
-                high: Optional[bool] = HighPriority, data_dir: Optional[Path] = DataDir) -> None:
+                high: Optional[bool] = HighPriority, admin: Optional[bool] = Admin,
+                data_dir: Optional[Path] = DataDir) -> None:
     """Create a key. The secret is printed once, on the last line."""
     store = _store(_settings(data_dir))
     key, secret = store.create_key(name)
-    changes = _limit_changes(rpm, max_in_flight, high)
+    changes = _limit_changes(rpm, max_in_flight, high, admin)
     if changes:
         key = store.update_key(key.id, **changes)
     typer.echo(f"created key {key.name} (id {key.id}, limits: {_describe(key)}); "
@@ -265,9 +273,9 @@ def keys_create(name: str = typer.Option(..., "--name", help="A label for the ke
 @keys_app.command("update")
 def keys_update(key: str = typer.Argument(..., help="Key id or name."), rpm: Optional[int] = RatePerMinute,
                 max_in_flight: Optional[int] = MaxInFlight, high: Optional[bool] = HighPriority,
-                data_dir: Optional[Path] = DataDir) -> None:
-    """Change a key's limits and priority grant."""
-    updated = _store(_settings(data_dir)).update_key(key, **_limit_changes(rpm, max_in_flight, high))
+                admin: Optional[bool] = Admin, data_dir: Optional[Path] = DataDir) -> None:
+    """Change a key's limits, priority grant and admin flag."""
+    updated = _store(_settings(data_dir)).update_key(key, **_limit_changes(rpm, max_in_flight, high, admin))
     typer.echo(f"{updated.name} ({updated.id}): {_describe(updated)}")
 
 

@@ -47,6 +47,7 @@ class ApiKey:
     rate_per_minute: int | None = None  # operator-set; None: the server default
     max_in_flight: int | None = None  # queued + processing at once; None: the server default
     allow_high_priority: bool = False
+    admin: bool = False  # may read the operator's routes (/api/v1/admin/...)
 
     @property
     def active(self) -> bool:

@@ -12,12 +12,13 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from darkroom.settings import Settings
 from darkroom.store import Store
 from darkroom.testing.api import Api, start_deployment
-from darkroom.testing.server import Process, wait_for
+from darkroom.testing.server import Process, run_cli, wait_for
 
 LEASE_S = 30.0
 
@@ -41,10 +42,20 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_sigterm_to_serve_drains_and_stops_its_worker_child(tmp_path: Path, tiny_models: Path) -> None:
+def test_the_operator_sees_workers_and_sigterm_to_serve_stops_its_child(tmp_path: Path, tiny_models: Path) -> None:
     dep = start_deployment(tmp_path, tiny_models)
     store = _store(dep)
     child = _child(store)
+    # The operator's view: the CLI, and the HTTP route for admin keys only.
+    listing = run_cli(["workers"], dep.env)
+    assert "-serve" in listing and "tiny-slow" in listing and " live " in listing and str(child) in listing
+    url = f"{dep.server.url}/api/v1/admin/workers"
+    refused = httpx.get(url, headers=dep.a.headers, timeout=30)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_required"
+    run_cli(["keys", "update", "alice", "--admin"], dep.env)  # the API forgets its cached key at once
+    [worker] = httpx.get(url, headers=dep.a.headers, timeout=30).json()["workers"]
+    assert worker["pid"] == child and worker["state"] == "live" and "tiny" in worker["models"]
+    assert worker["capacity"] >= 1 and worker["current"] == []
     os.kill(dep.server.pid, signal.SIGTERM)  # the parent only, as an init system would
     # uvicorn ends by re-raising the signal it caught (the conventional exit status of a
     # process stopped by SIGTERM); by then the child has been drained and reaped.

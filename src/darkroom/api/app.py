@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from darkroom import __version__
-from darkroom.api import bfl, events, media, openai_images, render, requestqueue
+from darkroom.api import admin, bfl, events, media, openai_images, render, requestqueue, web
 from darkroom.api.errors import install_error_handlers
 from darkroom.api.limits import BodySizeLimit
 from darkroom.domain import Request
@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         version=__version__,
         description="Self-hosted image generation with the hosted FLUX Kontext request-queue API.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served with local assets by web.include: no CDN
     )
     app.state.service = service
     app.state.settings = settings
@@ -64,7 +65,9 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.include_router(media.router)
     app.include_router(openai_images.router)  # the other dialects: docs/dialects.md
     app.include_router(bfl.router)
+    app.include_router(admin.router)
     events.include(app)
+    web.include(app)  # the playground at /, and /docs and /redoc (docs: README, "Playground")
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database check")
     def healthz() -> dict[str, Any]:

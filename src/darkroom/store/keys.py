@@ -129,14 +129,16 @@ def update_key(
     rate_per_minute: int | None = _UNSET,
     max_in_flight: int | None = _UNSET,
     allow_high_priority: bool = _UNSET,
+    admin: bool = _UNSET,
 ) -> ApiKey:
-    """Set an active key's limits and priority grant; arguments left out stay as they are.
+    """Set an active key's limits, priority grant and admin flag; arguments left out stay as they are.
 
     ``None`` for a limit means the server default. Raises NotFound.
     """
     values = {name: value for name, value in (("rate_per_minute", rate_per_minute),
                                               ("max_in_flight", max_in_flight),
-                                              ("allow_high_priority", allow_high_priority)) if value is not _UNSET}
+                                              ("allow_high_priority", allow_high_priority),
+                                              ("is_admin", admin)) if value is not _UNSET}
     for name in ("rate_per_minute", "max_in_flight"):
         if values.get(name) is not None and values[name] < 1:
             raise InvalidField(name, "must be at least 1 (or unset for the server default)")

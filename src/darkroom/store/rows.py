@@ -17,6 +17,7 @@ def to_api_key(row: Any) -> ApiKey:
         rate_per_minute=row.rate_per_minute,
         max_in_flight=row.max_in_flight,
         allow_high_priority=bool(row.allow_high_priority),
+        admin=bool(row.is_admin),
     )
 
 

@@ -261,8 +261,8 @@ class Store:
         return key
 
     def update_key(self, id_or_name: str, **changes: Any) -> ApiKey:
-        """Set limits (``rate_per_minute``, ``max_in_flight``; None = server default) and
-        ``allow_high_priority`` of an active key. Raises NotFound, InvalidField."""
+        """Set limits (``rate_per_minute``, ``max_in_flight``; None = server default),
+        ``allow_high_priority`` and ``admin`` of an active key. Raises NotFound, InvalidField."""
         with self._write() as conn:
             key = keys.update_key(conn, id_or_name, **changes)
         self.wakeup.notify(KEYS, key.id)

@@ -41,6 +41,7 @@ api_keys = sa.Table(
     sa.Column("rate_per_minute", sa.Integer(), nullable=True),
     sa.Column("max_in_flight", sa.Integer(), nullable=True),
     sa.Column("allow_high_priority", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()),  # may use /api/v1/admin
     # A name is unique among active keys only: a revoked key's name may be reused.
     sa.Index(
         "ix_api_keys_active_name",

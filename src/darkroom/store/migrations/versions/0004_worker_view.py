@@ -1,4 +1,5 @@
-"""The operator's view of workers: where each runs, what it holds, whether it drains.
+"""The operator's view of workers (where each runs, what it holds, whether it drains) and
+admin keys (which may read that view over HTTP).
 
 Revision ID: 0004
 Revises: 0003
@@ -27,9 +28,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("capacity", sa.Integer(), nullable=False, server_default="1"))
         batch.add_column(sa.Column("current", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("draining", sa.Boolean(), nullable=False, server_default=sa.false()))
+    with op.batch_alter_table("api_keys", recreate="never") as batch:
+        batch.add_column(sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("api_keys", recreate="never") as batch:
+        batch.drop_column("is_admin")
     with op.batch_alter_table("workers", recreate="never") as batch:
         for name in ("draining", "current", "capacity", "device", "pid", "hostname"):
             batch.drop_column(name)
