@@ -88,3 +88,27 @@ def pg_cluster():
                 pytest.skip(message)
             pytest.fail(message, pytrace=False)
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A running throwaway S3 server for the session: Ceph radosgw (``darkroom.testing.radosgw``).
+
+    Started on first use. If it cannot start (no Ceph binaries: apt-get install radosgw
+    ceph-mon ceph-osd), the S3 tests FAIL (a missing server must not look like a pass);
+    DARKROOM_TEST_SKIP_S3=1 skips them instead. Deselect them with ``-m "not s3"``.
+    """
+    from contextlib import ExitStack
+
+    from darkroom.testing.radosgw import running_radosgw
+
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_radosgw())
+        except Exception as exc:  # noqa: BLE001 - reported as a failure (or skip) below
+            message = f"could not start the radosgw S3 server for the tests: {exc}"
+            if os.environ.get("DARKROOM_TEST_SKIP_S3") == "1":
+                pytest.skip(message)
+            pytest.fail(message, pytrace=False)
+        print(f"radosgw started in {server.started_in_s:.1f}s at {server.endpoint_url}")
+        yield server

@@ -24,7 +24,7 @@ from darkroom.netguard import NetGuard
 from darkroom.settings import Settings
 from darkroom.signing import UrlSigner
 from darkroom.spec import build_spec
-from darkroom.storage import BlobStore, LocalBlobStore
+from darkroom.storage import BlobStore, blob_store_from_settings
 from darkroom.store import Limits, Store, Submitted
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Service:
             settings=settings,
             store=store,
             registry=load_registry(settings.resolved_models_file(), aliases=settings.aliases),
-            blobs=LocalBlobStore(settings.data_dir / "blobs"),
+            blobs=blob_store_from_settings(settings),
             signer=UrlSigner(settings.resolved_secret_key(), settings.media_url_ttl_s),
             guard=NetGuard.from_settings(settings),
         )

@@ -1,17 +1,11 @@
 """Webhook fixtures: a migrated store on SQLite and on PostgreSQL, a key, and requests that end.
 
-PostgreSQL reuses the throwaway-cluster helper of ``tests/store/conftest.py`` (loaded by
-path, so that file stays as it is); same rules: it fails if the cluster cannot start,
-unless DARKROOM_TEST_SKIP_PG=1.
+PostgreSQL is a database in the session's throwaway cluster (``pg_cluster``); it fails if
+the cluster cannot start, unless DARKROOM_TEST_SKIP_PG=1.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,46 +22,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs the throwaway PostgreSQL cluster")
 
 
-def _store_helpers():
-    path = Path(__file__).resolve().parents[1] / "store" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_darkroom_store_test_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
-def webhook_pg_url() -> Iterator[str]:
-    helpers = _store_helpers()
-    root: Path | None = None
-    cluster = None
-    try:
-        user = helpers._run_as()
-        root = Path(tempfile.mkdtemp(prefix="darkroom-pg-webhooks-"))
-        if user is not None:
-            os.chown(root, user.pw_uid, user.pw_gid)
-        cluster = helpers.PostgresCluster(root=root, port=helpers._free_port(), user=user)
-        cluster.start()
-        url = cluster.new_database()
-        s = Store(url)
-        s.migrate()
-        s.close()
-    except Exception as exc:  # noqa: BLE001 - reported as a failure (or skip) below
-        if cluster is not None:
-            cluster.stop()
-        if root is not None:
-            shutil.rmtree(root, ignore_errors=True)
-        message = f"could not start PostgreSQL for the webhook store tests: {exc}"
-        if os.environ.get("DARKROOM_TEST_SKIP_PG") == "1":
-            pytest.skip(message)
-        pytest.fail(message, pytrace=False)
-    try:
-        yield url
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+def webhook_pg_url(pg_cluster) -> str:  # noqa: ANN001 - darkroom.testing.postgres.PostgresCluster
+    """A migrated database in the session's throwaway cluster (``pg_cluster``, tests/conftest.py)."""
+    url = pg_cluster.new_database()
+    s = Store(url)
+    s.migrate()
+    s.close()
+    return url
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         version=__version__,
         description="Self-hosted image generation with the hosted FLUX Kontext request-queue API.",
         lifespan=lifespan,
-        docs_url=None, redoc_url=None,  # served with local assets by web.include: no CDN
+        docs_url=None, redoc_url=None,  # FastAPI's pages load from a CDN: web.include serves /docs
     )
     app.state.service = service
     app.state.settings = settings
@@ -67,11 +67,11 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.include_router(bfl.router)
     app.include_router(admin.router)
     events.include(app)
-    web.include(app)  # the playground at /, and /docs and /redoc (docs: README, "Playground")
+    web.include(app)  # the playground at /, and /docs with local assets (README, "Playground")
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database check")
     def healthz() -> dict[str, Any]:
-        service.store.count_requests()
+        service.store.ping()  # not a count: that walks the whole table on PostgreSQL
         return {"status": "ok", "version": __version__, "models": service.registry.ids()}
 
     app.openapi = lambda: _openapi(app, service)  # type: ignore[method-assign]

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from darkroom.api.deps import base_url, get_service, submit_options
 from darkroom.api.dialect import error_route, log_unexpected, nearest_ratio
+from darkroom.api.render import blob_url
 from darkroom.domain import ApiKey, Status, SubmitOptions
 from darkroom.domain import Request as QueuedRequest
 from darkroom.errors import (
@@ -118,10 +119,9 @@ def _ready_result(service: Service, base: str, request: QueuedRequest) -> dict[s
     outcome = request.outcome or {}
     media = outcome.get("media") or [{}]
     key = media[0].get("key", "")
-    expires, sig = service.signer.sign(key, ttl_s=min(RESULT_URL_TTL_S, service.settings.media_url_ttl_s))
     started, finished = request.started_at, request.finished_at
     return {
-        "sample": f"{base.rstrip('/')}/media/{key}?exp={expires}&sig={sig}",
+        "sample": blob_url(service, base, key, ttl_s=min(RESULT_URL_TTL_S, service.settings.media_url_ttl_s)),
         "prompt": outcome.get("prompt"),
         "seed": outcome.get("seed"),
         "start_time": started,

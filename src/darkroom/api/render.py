@@ -8,13 +8,25 @@ from darkroom.domain import Request, Status
 from darkroom.service import Service, preview_key
 
 
+def blob_url(service: Service, base_url: str, key: str, *, ttl_s: int | None = None) -> str:
+    """A download URL for blob ``key``, valid ``ttl_s`` (default media_url_ttl_s): the blob store's
+    own (an S3 presigned URL: the bytes never pass through darkroom) if it has one, else
+    darkroom's signed ``/media`` URL."""
+    ttl = ttl_s or service.settings.media_url_ttl_s
+    direct = service.blobs.url_for(key, ttl)
+    if direct:
+        return direct
+    if ttl_s is None:
+        query = service.signed_media_query(key)
+    else:
+        expires, sig = service.signer.sign(key, ttl_s=ttl_s)
+        query = f"exp={expires}&sig={sig}"
+    return f"{base_url.rstrip('/')}/media/{key}?{query}"
+
+
 def media_urls(service: Service, base_url: str, outcome: dict[str, Any]) -> list[dict[str, str]]:
-    """Fresh signed URLs for each stored result (signed at read time, so they never go stale in the DB)."""
-    base = base_url.rstrip("/")
-    return [
-        {"id": m["id"], "url": f"{base}/media/{m['key']}?{service.signed_media_query(m['key'])}"}
-        for m in outcome.get("media", [])
-    ]
+    """Fresh URLs for each stored result (signed at read time, so they never go stale in the DB)."""
+    return [{"id": m["id"], "url": blob_url(service, base_url, m["key"])} for m in outcome.get("media", [])]
 
 
 def render_outcome(service: Service, base_url: str, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -85,11 +97,14 @@ def preview_object(service: Service, base_url: str, request: Request) -> dict[st
     """The latest step preview while processing, {"step", "url"} (a small JPEG behind a signed
     URL, like results); None when there is none or the request is not processing.
 
-    The preview is overwritten in place, so ``step`` is also in the URL: each preview gets
-    its own URL and no cache can serve an older one.
+    The preview is overwritten in place, so ``step`` is also in a ``/media`` URL: each preview
+    gets its own URL and no cache can serve an older one. A presigned S3 URL cannot take an
+    extra parameter (it would break the signature): it asks for ``Cache-Control: no-store``.
     """
     if request.status != Status.PROCESSING or request.preview_step is None:
         return None
     key = preview_key(request.id, request.attempts)
-    url = f"{base_url.rstrip('/')}/media/{key}?{service.signed_media_query(key)}&step={request.preview_step}"
+    url = service.blobs.url_for(key, service.settings.media_url_ttl_s, mutable=True) or (
+        f"{base_url.rstrip('/')}/media/{key}?{service.signed_media_query(key)}&step={request.preview_step}"
+    )
     return {"step": request.preview_step, "url": url}

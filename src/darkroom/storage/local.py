@@ -60,3 +60,7 @@ class LocalBlobStore:
             self._path(key).unlink(missing_ok=True)
         except NotFound:
             pass
+
+    def url_for(self, key: str, ttl_s: int, *, mutable: bool = False) -> str | None:
+        """None: files are served by darkroom's own signed ``/media`` URLs."""
+        return None

@@ -361,6 +361,11 @@ class Store:
         return self._reading("listing requests",
                              lambda conn: requests_.list_requests(conn, key_id, model, status, limit, offset))
 
+    def ping(self) -> None:
+        """One trivial round trip (``SELECT 1``): the database answers; StoreUnavailable if it
+        does not within the retry budget."""
+        self._reading("pinging the database", lambda conn: conn.execute(sa.text("SELECT 1")).scalar_one())
+
     def count_requests(self) -> int:
         """Number of stored requests, every key and state."""
         return self._reading("counting requests", requests_.count_requests)

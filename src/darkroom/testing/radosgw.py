@@ -57,8 +57,9 @@ BINARIES = {
 def ceph_bin(name: str) -> str:
     explicit = os.environ.get("DARKROOM_TEST_CEPH_BIN")
     if explicit:
-        return str(Path(explicit) / name)
-    found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+        found = str(Path(explicit) / name) if (Path(explicit) / name).exists() else None
+    else:
+        found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if found is None:
         raise RuntimeError(
             f"{name} not found on PATH (Debian: apt-get install -y radosgw ceph-mon ceph-osd; "
@@ -76,6 +77,23 @@ def missing_binaries() -> list[str]:
         except RuntimeError:
             missing.append(name)
     return missing
+
+
+def _die_with_parent_hook():
+    """A preexec_fn that has the child SIGKILLed when its parent dies (Linux; None elsewhere), so
+    that a test run killed outright leaves no Ceph daemons behind. prctl is looked up here, in
+    the parent: the child, between fork and exec, only makes the one libc call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, sigkill)
+
+    return hook
 
 
 def _free_ports(n: int) -> list[int]:
@@ -131,6 +149,9 @@ mon max pg per osd = 1000
 mon osd down out interval = 0
 mon data avail warn = 1
 mon data avail crit = 0
+# Each osdmap change (radosgw makes pools one by one) waits out the propose interval: 1 s by default.
+paxos propose interval = 0.05
+paxos min wait = 0.01
 
 [mon]
 mon data = {root}/mon.$id
@@ -166,6 +187,7 @@ class RadosGateway:
     started_in_s: float = 0.0
     mon_ports: tuple[int, int] = (0, 0)  # (v2, v1)
     fsid: str = ""
+    detached: bool = False  # False: the daemons are killed when the process that started them dies
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
@@ -188,25 +210,24 @@ class RadosGateway:
         return boto3.client(
             "s3", endpoint_url=self.endpoint_url, region_name=self.region,
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 3}),
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"mode": "standard", "max_attempts": 3}),
         )  # fmt: skip
 
     # -- running the cluster ----------------------------------------------------------------
 
     def _spawn(self, name: str, *args: str) -> None:
-        out = open(self.root / "log" / f"{name}.out", "ab")
-        try:
+        hook = None if self.detached else _die_with_parent_hook()
+        with open(self.root / "log" / f"{name}.out", "ab") as out:
             self._procs[name] = subprocess.Popen(
                 [*args, "-c", str(self.conf)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.root, start_new_session=True,
+                cwd=self.root, start_new_session=True, preexec_fn=hook,  # noqa: PLW1509 - one prctl call
             )  # fmt: skip
-        finally:
-            out.close()
 
     def _run(self, *args: str, timeout: float = 60) -> str:
         proc = subprocess.run(
             [*args, "-c", str(self.conf)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            cwd=self.root, timeout=timeout,
+            cwd=self.root, timeout=timeout, check=False,
         )  # fmt: skip
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
@@ -266,7 +287,7 @@ class RadosGateway:
         monmap = self.root / "monmap"
         self._run(ceph_bin("monmaptool"), "--create", "--clobber", "--fsid", fsid,
                   "--addv", "a", f"[v2:127.0.0.1:{mon_v2},v1:127.0.0.1:{mon_v1}]", str(monmap))
-        # An empty keyring: with auth none nothing checks it, but --mkfs wants one to read.
+        # An empty keyring of our own (auth none checks nothing), so no tool reads /etc/ceph's.
         (self.root / "keyring").write_text("")
         self._run(ceph_bin("ceph-mon"), "--mkfs", "-i", "a", "--monmap", str(monmap))
         self._spawn("mon.a", ceph_bin("ceph-mon"), "-f", "-i", "a")
@@ -308,8 +329,11 @@ class RadosGateway:
         self._procs.clear()
 
 
-def start_radosgw(root: Path, timeout: float = START_TIMEOUT_S) -> RadosGateway:
-    """Start a cluster and radosgw under ``root`` (an empty or new folder). Raises RuntimeError."""
+def start_radosgw(root: Path, timeout: float = START_TIMEOUT_S, *, detached: bool = False) -> RadosGateway:
+    """Start a cluster and radosgw under ``root`` (an empty or new folder). Raises RuntimeError.
+
+    ``detached``: the daemons outlive this process (``stop DIR`` ends them); by default
+    they die with it."""
     missing = missing_binaries()
     if missing:
         raise RuntimeError(
@@ -322,14 +346,15 @@ def start_radosgw(root: Path, timeout: float = START_TIMEOUT_S) -> RadosGateway:
     fsid = str(uuid.uuid4())
     (root / "ceph.conf").write_text(_config(root, fsid, mon_v2, mon_v1, rgw_port))
     gw = RadosGateway(root=root, endpoint_url=f"http://127.0.0.1:{rgw_port}", mon_ports=(mon_v2, mon_v1),
-                     fsid=fsid)
+                     fsid=fsid, detached=detached)
     try:
         gw.start(timeout)
-    except BaseException as exc:
+    except Exception as exc:
         tails = "\n".join(gw.log_tail(n, 15) for n in ("mon.a", "osd.0", "client.rgw.gw"))
         gw.stop()
-        if isinstance(exc, Exception):
-            raise RuntimeError(f"could not start radosgw: {exc}\n{tails}") from exc
+        raise RuntimeError(f"could not start radosgw: {exc}\n{tails}") from exc
+    except BaseException:  # KeyboardInterrupt while starting: still leave no daemons behind
+        gw.stop()
         raise
     return gw
 
@@ -365,7 +390,7 @@ def _cli_start(root: Path) -> int:
     if (root / "endpoint.json").exists():
         print(f"{root} already holds a radosgw (stop it first)", file=sys.stderr)
         return 1
-    gw = start_radosgw(root)
+    gw = start_radosgw(root, detached=True)
     gw._procs.clear()  # leave them running: `stop DIR` ends them by the pids in endpoint.json
     print(f"radosgw started in {gw.started_in_s:.1f}s")
     print(f"endpoint_url={gw.endpoint_url}")

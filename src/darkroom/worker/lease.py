@@ -47,7 +47,9 @@ class BatchLease:
         self._live = set(request_ids)  # still ours to renew: not yet ended
         self._cancelled: set[str] = set()
         self._lost: set[str] = set()
+        self._ending: set[str] = set()  # being ended by us: their status changes under the lease
         self._pending: dict[str, _Step] = {}
+        self._steps: dict[str, tuple[int, int]] = {}  # the latest step reported, flushed or not
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._look = False  # a wake-up asked for a fresh read of the flags
@@ -73,22 +75,37 @@ class BatchLease:
     def lost(self, request_id: str) -> bool:
         return request_id in self._lost
 
-    def report(self, request_id: str, step: int, total: int, *, preview_step: int | None = None,
-               urgent: bool = False) -> None:
-        """Record a step (cheap: no I/O); it goes out with the next flush. ``urgent``
-        (the last step, a new preview) flushes now instead of at the next tick."""
+    def report(self, request_id: str, step: int, total: int, *, urgent: bool = False) -> None:
+        """Record a step (cheap: no I/O); it goes out with the next flush. ``urgent`` (the
+        last step) flushes now instead of at the next tick."""
         with self._lock:
             last = self._pending.get(request_id)
-            keep_preview = preview_step if preview_step is not None else (last.preview_step if last else None)
-            self._pending[request_id] = _Step(step, total, keep_preview)
+            self._pending[request_id] = _Step(step, total, last.preview_step if last else None)
+            self._steps[request_id] = (step, total)
             self._urgent = self._urgent or urgent
         if urgent or time.monotonic() - self._last_flush >= self.progress_every_s:
             self._wake.set()
+
+    def preview(self, request_id: str, step: int) -> None:
+        """A preview of ``step`` is stored (it was made on the engine's thread and stored in
+        the publish pool, so the engine may be further on now): record its step, never
+        moving the reported step back."""
+        with self._lock:
+            last = self._pending.get(request_id)
+            current = (last.step, last.total) if last else self._steps.get(request_id, (step, step))
+            self._pending[request_id] = _Step(*current, preview_step=step)
+            self._urgent = True
+        self._wake.set()
 
     def poke(self) -> None:
         """A wake-up named one of our requests (a cancel, most likely): look now."""
         self._look = True
         self._wake.set()
+
+    def ending(self, request_id: str) -> None:
+        """We are about to end this request (finish, fail, cancel): a renewal that finds it no
+        longer processing is our own doing, not another worker's takeover."""
+        self._ending.add(request_id)
 
     def done(self, request_id: str) -> None:
         """The request has ended (or was handed back): stop renewing it. The last one closes the lease."""
@@ -109,6 +126,8 @@ class BatchLease:
 
     def _observe(self, states: dict[str, LeaseState]) -> None:
         for request_id, state in states.items():
+            if request_id in self._ending:
+                continue
             if not state.owned and request_id not in self._lost:
                 self._lost.add(request_id)
                 log.warning("lost the lease on %s; another worker owns it now", request_id)

@@ -126,7 +126,7 @@ class Stages:
             log.warning("could not store a preview of %s", task.id, exc_info=True)
             return
         task.preview_written = True
-        task.lease.report(task.id, step, task.spec.steps, preview_step=step, urgent=True)
+        task.lease.preview(task.id, step)
 
     # -- publish ------------------------------------------------------------------------
 
@@ -187,6 +187,7 @@ class Stages:
         warnings = prompt_warnings(self.settings, request.model, task.prompt)
         if warnings:
             outcome["warnings"] = warnings
+        task.lease.ending(task.id)
         ended = self.retry.call(f"finishing {task.id}",
                                 lambda: self.store.finish_request(task.id, self.worker_id, outcome))
         if ended is None:
@@ -214,6 +215,7 @@ class Stages:
         log.info("request %s failed: %s (%s)", task.id, message, code)
         if task.lease.lost(task.id):
             return
+        task.lease.ending(task.id)
         try:
             self.retry.call(f"failing {task.id}", lambda: self.store.fail_request(
                 task.id, self.worker_id, {"code": code, "message": message}))
@@ -224,6 +226,7 @@ class Stages:
     def cancelled(self, task: Task) -> None:
         if task.lease.lost(task.id):
             return
+        task.lease.ending(task.id)
         try:
             self.retry.call(f"cancelling {task.id}", lambda: self.store.mark_cancelled(task.id, self.worker_id))
             log.info("request %s cancelled while processing", task.id)
