@@ -779,3 +779,231 @@ def test_edit_mix_chooses_the_kinds_and_defaults_to_the_from_scratch_mix():
     for bad in ["ad=2", "add", "add=x", "add=-1", "recolour=0,move=0,add=0,remove=0,background=0"]:
         with pytest.raises(argparse.ArgumentTypeError):
             parse_edit_mix(bad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The data stream for a fixed seed (training/world and train.render_chunk): hashes computed on the
+# code as it was before world.py and train.py were split into packages (they must never change unless
+# a change of the training data is meant, and then every run's data change with it).
+# ---------------------------------------------------------------------------------------------------
+RUN18_MIX = {"recolour": 1.0, "move": 1.5, "add": 1.8, "remove": 0.6, "background": 1.3}
+WORLD_STREAM_SHA256 = "a795b3a783a85d0c8cfcb0e0099d57e31bbc2d6f78a410f4cf969f45c5640647"
+CHUNK_STREAM_SHA256 = "4e99608153934efd55b81cc6c7346c8d71768021f589f56e91ee4faf079413b0"
+
+
+def _world_stream_digest(n: int = 24, seed: int = 2024) -> str:
+    """Captions, specs, scenes, rendered pixels and labels of every kind of sample the world makes:
+    text-to-image in the three layouts, rich captions, edits with the default and run 18's flags,
+    noise-coupled layouts and the evaluation sets."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+
+    def text(s):
+        h.update(s.encode())
+        h.update(b"\0")
+
+    def obj(x):
+        text(json.dumps(x, sort_keys=True))
+
+    def scene(sc, labels=True):
+        obj(sc.to_dict())
+        h.update(np.asarray(world.render(sc)).tobytes())
+        if labels:
+            c, o = world.render_labels(sc)
+            h.update(c.tobytes())
+            h.update(o.tobytes())
+
+    rng = random.Random(seed)
+    aspects = list(world.ASPECTS)
+    for layout in ("random", "canonical", "spread"):
+        for k in range(n):
+            cap, spec, sc = world.sample_t2i(rng, "train", aspect=aspects[k % 6], layout=layout)
+            text(cap), obj(spec), scene(sc)
+    old = world.RICH_P
+    try:
+        world.RICH_P = 0.2
+        for k in range(n):
+            cap, spec, sc = world.sample_t2i(rng, "train", aspect=aspects[k % 6], layout="canonical", mode="rich")
+            text(cap), obj(spec)
+            instr, src, tgt, spec = world.sample_edit(rng, layout="canonical", mode="rich")
+            text(instr), obj(spec)
+    finally:
+        world.RICH_P = old
+    for kw in ({}, {"layout": "canonical"}, {"layout": "canonical", "add_rule": "roomiest"},
+               {"layout": "canonical", "weights": RUN18_MIX, "add_rule": "nearest", "gradient": "v",
+                "blocked": "nearest"}):
+        for k in range(n):
+            instr, src, tgt, spec = world.sample_edit(rng, aspect=aspects[k % 6], **kw)
+            text(instr), obj(spec), scene(src, labels=False), scene(tgt)
+    nrng = np.random.default_rng(seed)
+    for k in range(n // 2):
+        W, H = world.ASPECTS[aspects[k % 6]]
+        noise = nrng.standard_normal((world.N_LAYOUT_CH, H // world.NOISE_DOWN, W // world.NOISE_DOWN),
+                                     dtype=np.float32)
+        cap, spec, sc = world.sample_t2i(rng, "train", aspect=aspects[k % 6], layout_noise=noise)
+        text(cap), obj(spec), scene(sc)
+    sets = world.eval_sets(n_per_cat=2, n_edits_per_kind=2)
+    for split in ("heldout", "paraphrase"):
+        for cap, spec, sc in sets[split]:
+            text(cap), obj(spec), scene(sc, labels=False)
+    for instr, src, tgt, spec in sets["edits"]:
+        text(instr), obj(spec), scene(src, labels=False), scene(tgt, labels=False)
+    return h.hexdigest()
+
+
+def test_the_data_stream_for_a_fixed_seed_is_unchanged():
+    assert _world_stream_digest() == WORLD_STREAM_SHA256
+    # the training data path: chunks as the pool renders them (captions that fit, labels), run 18's flags
+    import hashlib
+
+    from training import build_pipeline as bp
+    from training.train import render_chunk
+
+    h = hashlib.sha256()
+    old = world.RICH_P
+    try:
+        for job in [(11, "t2i", "16:9", 12, bp.MAX_SEQ, False, "canonical", 0.0, dict(RUN18_MIX), "nearest", "v",
+                     "nearest"),
+                    (12, "edit", "4:3", 12, bp.MAX_SEQ, False, "canonical", 0.0, dict(RUN18_MIX), "nearest", "v",
+                     "nearest"),
+                    (13, "t2i", "1:1", 8, bp.MAX_SEQ, False, "canonical", 0.2, None, "first", "any", "skip"),
+                    (14, "edit", "3:7", 8, bp.MAX_SEQ, False, "canonical", 0.0, None, "first", "any", "skip")]:
+            kind, asp, caps, zt, zc, cls, off, nz = render_chunk(job)
+            h.update("\n".join(caps).encode())
+            h.update(cls.numpy().tobytes())
+            h.update(off.numpy().tobytes())
+            h.update(str(tuple(zt.shape)).encode())
+    finally:
+        world.RICH_P = old  # render_chunk sets it for its process
+    assert h.hexdigest() == CHUNK_STREAM_SHA256
+
+
+def test_world_and_train_keep_their_names_after_the_split():
+    """training.world and training.train are packages now; what scripts and tests used stays importable."""
+    from training import train
+
+    for name in ["ASPECTS", "COLOURS", "SHAPES", "WORD_TABLES", "EXTRA_WORDS", "PARA_MARKERS", "RICH_P", "Obj",
+                 "Scene", "render", "render_labels", "render_pair", "place", "canonical_place", "coupled_place",
+                 "noise_codes", "region_centre", "sample_spec", "scene_from_spec", "sample_t2i", "caption",
+                 "is_heldout", "sample_edit", "add_spot", "position_spot", "eval_sets", "EDIT_KINDS", "EDIT_WEIGHTS",
+                 "_EXTRA_OF", "_free", "_min_gap", "_object_gap", "_clamp_region", "_pos_region", "_clearance",
+                 "_rand_bg"]:
+        assert hasattr(world, name), name
+    for name in ["main", "init_from_pipeline", "parse_edit_mix", "detail_weights", "flow_loss", "AuxHead", "Pool",
+                 "_Ring", "render_chunk", "soften_latents", "train_decoder", "decoder_stage", "latent_stats"]:
+        assert hasattr(train, name), name
+    # RICH_P is read where captions are worded, from the package (render_chunk sets it there)
+    from training.world import prompts
+
+    old = world.RICH_P
+    try:
+        world.RICH_P = 1.0
+        cap = world.sample_t2i(random.Random(0), "train", mode="rich")[0]
+        extra = {w for tbl in world.EXTRA_WORDS.values() for ws in tbl.values() for w in ws}
+        assert prompts._rich_p() == 1.0 and any(_has_phrase(cap, w) for w in extra), cap
+    finally:
+        world.RICH_P = old
+
+
+# ---------------------------------------------------------------------------------------------------
+# python -m training.recipe: the chain of stages behind the shipped weights
+# ---------------------------------------------------------------------------------------------------
+def test_recipe_chain_matches_the_shipped_record(tmp_path):
+    import json
+
+    from training import recipe
+
+    meta = json.loads((ROOT / "models" / "darkroom-mini" / "darkroom_mini.json").read_text())
+    names = [s.name for s in recipe.STAGES]
+    for i, s in enumerate(recipe.STAGES):  # every stage continues an earlier one
+        assert s.init is None or names.index(s.init) < i
+        assert all(names.index(src) < i for src in s.sources)
+    assert recipe.STAGES[0].init is None and recipe.STAGES[0].kind == "train"
+    assert sum(s.steps for s in recipe.STAGES) == meta["train_step"] == 44469
+    assert round(sum(s.minutes for s in recipe.STAGES)) == round(meta["train_minutes"]) == 745
+    assert round(recipe.wall_minutes()) == 693  # run 14's halves side by side
+    # the last seven transformer stages are darkroom_mini.json's continued_from, flag for flag
+    train_stages = [s for s in recipe.STAGES if s.kind == "train"][-7:]
+    plan = recipe.Plan(work=tmp_path / "w", out=tmp_path / "o")
+    for s, rec in zip(train_stages, meta["continued_from"]):
+        cmd = plan.command(s)
+
+        def flag(name):
+            return cmd[cmd.index(name) + 1] if name in cmd else None
+
+        assert int(flag("--seed")) == rec["seed"] and int(flag("--max-steps")) == rec["train_step"], s.name
+        assert float(flag("--edit-frac")) == rec["edit_frac"] and flag("--edit-mix") == rec.get("edit_mix"), s.name
+        for key in ("add_spot", "edit_gradient", "blocked_spot"):
+            assert flag("--" + key.replace("_", "-")) == rec.get(key), (s.name, key)
+        assert flag("--lr") == "3e-4" and flag("--init-from") == str(plan.pipeline(recipe._stage(s.init)))
+    assert meta["seed"] == recipe.STAGES[-1].seed and meta["trained_as"].startswith("run 17")
+    # the dry run says what runs and how long it takes, and runs nothing
+    out = recipe.describe(plan)
+    assert "python -m training.train --seed 0 --max-steps 10969" in out and "11.6 h" in out
+    assert "GPU: not measured" in out and not (tmp_path / "w").exists()
+
+
+def test_recipe_resumes_an_interrupted_stage_and_refuses_a_folder_of_another_command(tmp_path):
+    from training import recipe
+
+    plan = recipe.Plan(work=tmp_path / "w", out=tmp_path / "o")
+    first, decoder, average = recipe.STAGES[0], recipe._stage("run18-decoder"), recipe._stage("run14")
+    assert [plan.state(s) for s in (first, decoder, average)] == ["todo"] * 3
+    plan.record(first)
+    (plan.folder(first) / "ckpt.pt").write_bytes(b"")
+    assert plan.state(first) == "resume"
+    (plan.folder(first) / "DONE").write_text("{}")
+    (plan.pipeline(first)).mkdir()
+    (plan.pipeline(first) / "model_index.json").write_text("{}")
+    assert plan.state(first) == "done"
+    plan.folder(decoder).mkdir(parents=True)
+    (plan.folder(decoder) / "decoder.pt").write_bytes(b"")
+    assert plan.state(decoder) == "restart"  # no checkpoint: an interrupted decoder stage starts over
+    assert "--decoder-only" in plan.command(decoder) and "--dec-minutes" in plan.command(decoder)
+    plan.check_folder(first)  # the same command: fine, whatever the thread count
+    recipe.Plan(work=tmp_path / "w", out=tmp_path / "o", threads=1).check_folder(first)
+    smoke = recipe.Plan(work=tmp_path / "w", out=tmp_path / "o", max_steps=2)
+    with pytest.raises(SystemExit, match="another command"):
+        smoke.check_folder(first)
+
+
+@pytest.mark.timeout(300)
+def test_recipe_first_stage_smoke_run(tmp_path):
+    """The recipe's first stage (run 9, from scratch) for 2 steps through the real command line, then
+    the same command again: the finished stage is skipped."""
+    import json
+
+    from training import recipe
+
+    argv = ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--max-steps-per-stage", "2",
+            "--until", "run09"]
+    assert recipe.main(argv) is None  # stopped after run09: no final pipeline yet
+    stage = tmp_path / "work" / "run09"
+    assert json.loads((stage / "DONE").read_text())["step"] == 2
+    assert (stage / "model" / "model_index.json").is_file() and not (tmp_path / "out").exists()
+    cmd = json.loads((stage / "stage.json").read_text())["command"]
+    last = len(cmd) - 1 - cmd[::-1].index("--max-steps")  # the smoke run's, after the stage's own 10969
+    assert cmd[1:3] == ["-m", "training.train"] and cmd[last + 1] == "2"
+    mtime = (stage / "DONE").stat().st_mtime
+    recipe.main(argv)
+    assert (stage / "DONE").stat().st_mtime == mtime
+
+
+def test_vocabulary_file_is_the_words_of_the_training_captions():
+    from training import known_words
+
+    from darkroom.engines.vocabulary import read_vocabulary, unknown_words
+
+    committed = ROOT / "models" / "darkroom-mini" / "vocabulary.txt"
+    words = known_words.known_words()
+    assert committed.read_text() == known_words.render_file(words), "run python -m training.known_words"
+    vocab = read_vocabulary(committed)
+    # every training caption and instruction is inside it, the paraphrase set's words are not
+    rng = random.Random(77)
+    for _ in range(300):
+        assert not unknown_words(world.sample_t2i(rng, "train", layout="canonical")[0], vocab)
+        assert not unknown_words(world.sample_edit(rng, layout="canonical", add_rule="nearest")[0], vocab)
+    assert unknown_words("a scarlet orb next to a cobalt cube", vocab) == ["scarlet", "orb", "next", "cobalt", "cube"]
+    assert unknown_words("a cat on a sofa", vocab) == ["cat", "sofa"]

@@ -3,9 +3,9 @@
     python -m training.average training/runs/mini-d14a/model training/runs/mini-d14b/model \
         --out models/darkroom-mini
 
-Why: two continuations of one model that differ only in their data mix (session 14: `--edit-frac` 0.3 and
+Why: two continuations of one model that differ only in their data mix (run 14, 2026-12-03: `--edit-frac` 0.3 and
 0.5) sit in one basin of the loss, so their mean is a model too, and it scored above both on held-out prompts
-(docs/darkroom-mini.md, run 14). It costs no training and no inference time. Averaging only makes sense for
+(training/EXPERIMENTS.md, run 14). It costs no training and no inference time. Averaging only makes sense for
 weights with a common starting point; models trained apart from scratch need not share a basin, and their
 mean is usually noise, so this refuses pipelines whose architectures or VAEs differ.
 

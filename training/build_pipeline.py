@@ -32,14 +32,14 @@ TRANSFORMER_CFG = dict(
 )
 from training.analytic_vae import VAE_CFG  # noqa: E402  (AutoencoderKL config, 12 latent channels, /8)
 # stochastic_sampling: each step re-noises the x0 estimate with fresh noise, so the sampler forgets the
-# model's earlier mistakes (the deterministic ODE scattered one object over several fragments; see the model
-# card, session 4). Diffusers' pipelines draw that noise from torch's global RNG unless the caller hands the
-# scheduler its generator, as darkroom's engine does (darkroom.engines.sampling.job_generators).
+# model's earlier mistakes (the deterministic ODE scattered one object over several fragments; see
+# training/EXPERIMENTS.md, run 4). Diffusers' pipelines draw that noise from torch's global RNG unless the
+# caller hands the scheduler its generator, as darkroom's engine does (darkroom.engines.sampling.job_generators).
 SCHEDULER_CFG = dict(num_train_timesteps=1000, shift=2.0, use_dynamic_shifting=False, stochastic_sampling=True)
 DEFAULT_STEPS = 8
 # True CFG 2 for text-to-image: with canonical layouts (run 6 on) it no longer draws extra objects and run 9
 # scored 0.79 held-out with it against 0.67 without (1.5: 0.76, 2.5: 0.79, 3: 0.74). Edits stay without it:
-# CFG 2 cost them 0.60 -> 0.45 correct and 31.2 -> 26.6 dB untouched PSNR (docs/darkroom-mini.md).
+# CFG 2 cost them 0.60 -> 0.45 correct and 31.2 -> 26.6 dB untouched PSNR (training/EXPERIMENTS.md).
 DEFAULT_TRUE_CFG = 2.0
 DEFAULT_EDIT_CFG = 1.0
 NEGATIVE_PROMPT = ""
