@@ -314,6 +314,19 @@ class RadosGateway:
         }))  # fmt: skip
         return self
 
+    def stop_gateway(self) -> None:
+        """Stop radosgw alone (the S3 endpoint goes away; the cluster and its objects stay), as
+        an outage of the storage service would."""
+        proc = self._procs.pop("client.rgw.gw", None)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def start_gateway(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start radosgw again after ``stop_gateway``; returns once it answers."""
+        self._spawn("client.rgw.gw", ceph_bin("radosgw"), "-f", "-n", "client.rgw.gw")
+        self._wait(f"radosgw to answer on {self.endpoint_url}", self._http_up, timeout)
+
     def stop(self) -> None:
         """Stop radosgw, then the OSD, then the monitor (SIGTERM, SIGKILL after a few seconds)."""
         for name in ("client.rgw.gw", "osd.0", "mon.a"):

@@ -42,6 +42,8 @@ from darkroom.worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
+STORE_RESULT_BUDGET_S = 120.0  # how long a finished image waits for the blob store to come back
+
 
 class Moderated(EngineError):
     """Input or output blocked by moderation; ``code`` is input_moderated or output_moderated."""
@@ -161,7 +163,7 @@ class Stages:
         _check(verdict, "output_moderated", "the generated image")
         data = encode_image(image, spec.output_format)
         key = result_key(task.id, task.attempt, 0, spec.output_format)
-        self.blobs.put(key, data, f"image/{spec.output_format}")
+        self._store_result(task, key, data, f"image/{spec.output_format}")
         finished = time.time()
         request = task.request
         outcome = {
@@ -207,6 +209,26 @@ class Stages:
         else:
             log.info("request %s done in %.0f ms (engine %.0f ms, batch of %d)", task.id,
                      outcome["timings"]["total_ms"], engine_ms, batch_size)
+
+    def _store_result(self, task: Task, key: str, data: bytes, content_type: str) -> None:
+        """Put the image, retrying through an outage of the blob store (S3 down for a while):
+        the lease stays alive meanwhile, so the work is kept, not redone. After
+        ``STORE_RESULT_BUDGET_S`` the request fails with ``storage_unavailable``: its final
+        status tells the truth rather than waiting for ever."""
+        deadline = time.monotonic() + STORE_RESULT_BUDGET_S
+        delay = 0.2
+        while True:
+            try:
+                self.blobs.put(key, data, content_type)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline or task.lease.stopped(task.id):
+                    raise EngineError(f"could not store the result: {type(exc).__name__}: {exc}",
+                                      code="storage_unavailable") from exc
+                log.warning("storing the result of %s failed (%s); retrying in %.1f s", task.id,
+                            type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- endings --------------------------------------------------------------------------
 
