@@ -6,7 +6,7 @@
 
 Run 18 is not one training run: it is run 9 (from scratch) continued nine times with ``--init-from``,
 one of those continuations being the mean of two (run 14), and its decoder trained 28 minutes more at
-the end. Every stage's flags, seed and step count below are the recorded ones (training/EXPERIMENTS.md;
+the end. Every stage's flags, seed and step count in ``STAGES`` are the recorded ones (training/EXPERIMENTS.md;
 ``continued_from`` in models/darkroom-mini/darkroom_mini.json).
 
 Expected wall time on 2 CPU cores: about 11.6 hours, the sum of the minutes recorded for each stage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,9 +13,14 @@ import typer
 
 from darkroom.settings import Settings
 
+# Help in click's plain layout, which wraps and never cuts (rich's panels cut long option names
+# to fit 80 columns), up to 120 columns wide; as wide as the terminal where there is one.
+_HELP = {"context_settings": {"max_content_width": 120,
+                              "terminal_width": shutil.get_terminal_size((120, 24)).columns},
+         "rich_markup_mode": None}
 app = typer.Typer(help="darkroom: self-hosted image generation with the FLUX request-queue API.",
-                  no_args_is_help=True, add_completion=False)
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, **_HELP)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True, **_HELP)
 app.add_typer(keys_app, name="keys")
 
 DataDir = typer.Option(None, "--data-dir", help="Database, results and secrets (env DARKROOM_DATA_DIR).")
@@ -29,7 +35,29 @@ def _settings(data_dir: Optional[Path] = None, models: Optional[Path] = None, **
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_alembic()
     return settings
+
+
+def _quiet_alembic() -> None:
+    """Alembic logs each plugin and migration step at INFO on every start: only its warnings,
+    unless darkroom logs at DEBUG."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from darkroom import __version__
+
+        typer.echo(f"darkroom {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print darkroom's version and exit.")) -> None:
+    """darkroom: self-hosted image generation with the FLUX request-queue API."""
 
 
 def _with_aliases(settings: Settings, aliases: Optional[list[str]]) -> Settings:
@@ -194,11 +222,18 @@ def generate(
     key: Optional[str] = typer.Option(None, envvar="DARKROOM_API_KEY", help="API key for --url."),
     data_dir: Optional[Path] = DataDir,
     models: Optional[Path] = ModelsFile,
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show what darkroom and its libraries log "
+                                                                "(INFO and up, expected warnings too)."),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR (default: "
+                                                                      "WARNING; -v: INFO)."),
 ) -> None:
-    """Generate one image and write it to a file, showing progress."""
+    """Generate one image and write it to a file, showing progress.
+
+    Prints the progress bar (on stderr) and one result line (on stdout); warnings that are
+    expected on the way (library notes about darkroom's own models) only with -v or --log-level."""
     import base64
 
-    from darkroom.generate import generate_local, generate_remote
+    from darkroom.generate import generate_local, generate_remote, quiet_libraries
 
     fmt = output_format or ("png" if output.suffix.lower() == ".png" else "jpeg")
     payload: dict[str, Any] = {"prompt": prompt, "aspect_ratio": aspect_ratio, "seed": seed,
@@ -210,13 +245,16 @@ def generate(
         payload["guidance"] = guidance
     if input_image is not None:
         payload["input_image"] = base64.b64encode(input_image.read_bytes()).decode()
+    level = _generate_logging(log_level, verbose)
     t0 = time.time()
     if url:
         if not key:
             raise typer.BadParameter("--key (or DARKROOM_API_KEY) is needed with --url", param_hint="--key")
         status, data = generate_remote(url, key, model, payload)
     else:
-        status, data = generate_local(_settings(data_dir, models), model, payload)
+        settings = _settings(data_dir, models, log_level=logging.getLevelName(level))
+        with quiet_libraries(expected=level > logging.INFO):
+            status, data = generate_local(settings, model, payload)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
     outcome = status["outcome"]
@@ -224,6 +262,24 @@ def generate(
                f"{time.time() - t0:.1f} s)")
     for warning in outcome.get("warnings", []):  # e.g. prompt words the model does not know
         typer.echo(f"warning: {warning}", err=True)
+
+
+def _generate_logging(log_level: Optional[str], verbose: bool) -> int:
+    """Logging for ``generate``: WARNING unless asked (``-v``: INFO), through the progress bar's
+    console so that a record prints above the bar rather than onto its line. Returns the level."""
+    from rich.logging import RichHandler
+
+    from darkroom.generate import console
+
+    name = (log_level or ("INFO" if verbose else "WARNING")).upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"{log_level!r} is not one of DEBUG, INFO, WARNING, ERROR", param_hint="--log-level")
+    handler = RichHandler(console=console, show_path=False, show_time=level <= logging.INFO, markup=False,
+                          rich_tracebacks=False)
+    logging.basicConfig(level=level, handlers=[handler], format="%(name)s: %(message)s", force=True)
+    _quiet_alembic()
+    return level
 
 
 RatePerMinute = typer.Option(None, "--rpm", help="Requests per minute (0: the server default).")
@@ -260,6 +316,11 @@ def keys_create(name: str = typer.Option(..., "--name", help="A label for the ke
                 high: Optional[bool] = HighPriority, admin: Optional[bool] = Admin,
                 data_dir: Optional[Path] = DataDir) -> None:
     """Create a key. The secret is printed once, on the last line."""
+    from darkroom.generate import INTERNAL_KEY_NAMES
+
+    if name.strip() in INTERNAL_KEY_NAMES:
+        raise typer.BadParameter(f"{name.strip()!r} is the name of darkroom generate's own key; choose another",
+                                 param_hint="--name")
     store = _store(_settings(data_dir))
     key, secret = store.create_key(name)
     changes = _limit_changes(rpm, max_in_flight, high, admin)
@@ -281,8 +342,15 @@ def keys_update(key: str = typer.Argument(..., help="Key id or name."), rpm: Opt
 
 @keys_app.command("list")
 def keys_list(data_dir: Optional[Path] = DataDir) -> None:
-    """List keys (never their secrets)."""
-    for k in _store(_settings(data_dir)).list_keys():
+    """List keys (never their secrets; nor darkroom generate's own key)."""
+    from darkroom.generate import INTERNAL_KEY_NAMES
+
+    listed = [k for k in _store(_settings(data_dir)).list_keys() if k.name not in INTERNAL_KEY_NAMES]
+    if not listed:
+        typer.echo("no keys yet: make one with `darkroom keys create --name NAME`")
+        return
+    typer.echo(f"{'ID':<36}  {'NAME':<24} {'PREFIX':<9}  {'STATE':<24} LIMITS")
+    for k in listed:
         state = "active" if k.active else f"revoked {time.strftime('%Y-%m-%d %H:%M', time.gmtime(k.revoked_at))}"
         typer.echo(f"{k.id}  {k.name:<24} {k.prefix}…  {state:<24} {_describe(k)}")
 

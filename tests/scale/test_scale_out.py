@@ -25,7 +25,7 @@ from darkroom.testing.server import Process, Server, create_key, darkroom_env, w
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
-WORKER_MODELS = ["--model", "tiny", "--model", "tiny-slow"]
+WORKER_MODELS = ["--model", "tiny", "--model", "tiny-slow", "--model", "tiny-edit"]
 
 
 class Deployment:
@@ -53,6 +53,10 @@ class Deployment:
             "DARKROOM_WORKER_DEAD_AFTER_S": "12",
             "DARKROOM_PREVIEW_EVERY_STEPS": "0",
             "DARKROOM_IMAGE_MODERATION": "fallback",
+            # Webhooks may reach the test's receiver on loopback; the official BFL client's model name.
+            "DARKROOM_URL_ALLOWLIST": "127.0.0.0/8",
+            "DARKROOM_WEBHOOK_POLL_INTERVAL_S": "0.2",
+            "DARKROOM_ALIASES": '["flux-kontext-pro=tiny-edit"]',
         }
         self.models = tiny_models
         self.store = Store(db_url)
@@ -230,3 +234,73 @@ def test_results_wait_for_a_storage_outage(deployment: Deployment) -> None:
     ended = deployment.wait_ended(ids)
     deployment.assert_exactly_once(ended)
     assert all(r.attempts == 1 for r in ended.values())  # kept and retried, not redone
+
+
+def test_two_machines_serve_events_webhooks_and_the_official_clients(deployment: Deployment, tmp_path: Path) -> None:
+    """The replicas share only the database and the bucket: a request submitted to one is
+    followed, delivered and downloaded through the other."""
+    import io
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import openai
+    from blackforest import BFLClient
+    from blackforest.types.general.client_config import ClientConfig
+    from PIL import Image
+
+    # Live events through replica 1 for a request submitted to replica 0.
+    rid = _submit(deployment.api(0), "tiny-slow", steps=30, seed=9001)
+    names, done = [], None
+    with httpx.stream("GET", f"{deployment.apis[1].url}{BASE}/requests/{rid}/events",
+                      headers=deployment.api(1).headers, timeout=300) as resp:
+        event = None
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+                names.append(event)
+            elif line.startswith("data: ") and event == "done":
+                done = json.loads(line[6:])
+                break
+    assert done is not None and done["status"] == "success" and "progress" in names, names
+
+    # A webhook for a request submitted to replica 1: delivered (by whichever replica's dispatcher), once.
+    seen: list[bytes] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        resp = deployment.api(1).post("/requests", {"model": "tiny", "payload": {"prompt": "a blue square"},
+                                                     "webhook_url": f"http://127.0.0.1:{httpd.server_address[1]}/h"})
+        assert resp.status_code == 200, resp.text
+        hooked = resp.json()["request_id"]
+        wait_for(lambda: seen, timeout=120, what="the webhook")
+        time.sleep(1)  # a second delivery would come from another replica's dispatcher at once
+        assert len(seen) == 1 and json.loads(seen[0])["request_id"] == hooked
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+    # The official BFL client, synchronously, editing through replica 0 (alias flux-kontext-pro).
+    source = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(source)
+    bfl = BFLClient(api_key=deployment.keys[0], base_url=deployment.apis[0].url)
+    result = bfl.generate("flux-kontext-pro", {"prompt": "make it blue", "input_image": str(source), "seed": 42},
+                          ClientConfig(sync=True, polling_interval=0.2, max_retries=900, timeout=240)).result
+    assert result["seed"] == 42 and httpx.get(result["sample"], timeout=30).status_code == 200
+
+    # The official OpenAI client through replica 1.
+    client = openai.OpenAI(base_url=f"{deployment.apis[1].url}/v1", api_key=deployment.keys[1], max_retries=0,
+                           timeout=300)
+    image = client.images.generate(model="tiny", prompt="a red circle", size="1024x1024", response_format="url")
+    downloaded = httpx.get(image.data[0].url, timeout=30)
+    assert downloaded.status_code == 200 and Image.open(io.BytesIO(downloaded.content)).size == (1024, 1024)
