@@ -401,6 +401,40 @@ def workers_cmd(data_dir: Optional[Path] = DataDir,
         typer.echo("(no workers registered)")
 
 
+@app.command("migrate-store")
+def migrate_store_cmd(
+    source: str = typer.Option(..., "--from", help="The old store's database URL, e.g. "
+                                                   "sqlite:////var/lib/darkroom/darkroom.db."),
+    blobs: Optional[Path] = typer.Option(None, "--blobs", help="The old data dir's blobs/ folder: copy its files "
+                                                               "into the storage DARKROOM_STORAGE_URL names."),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Move keys, requests and webhook deliveries (and, with --blobs, the images) to the store
+    the settings name (DARKROOM_DATABASE_URL, DARKROOM_STORAGE_URL): SQLite to PostgreSQL.
+    Stop every darkroom process first; the target must be empty. See docs/deploy.md."""
+    import mimetypes
+
+    from darkroom.storage import blob_store_from_settings
+    from darkroom.store import database, transfer
+
+    settings = _settings(data_dir)
+    target = _store(settings)  # migrated to the newest schema
+    old = database.create_engine(source)
+    database.migrate(old)  # the same schema on both sides (an old store is upgraded in place first)
+    transfer.copy_rows(old, target._engine, report=lambda name, n: typer.echo(f"{name}: {n} rows"))
+    old.dispose()
+    if blobs is not None:
+        store = blob_store_from_settings(settings)
+        copied = 0
+        for path in sorted(p for p in Path(blobs).rglob("*") if p.is_file() and not p.name.startswith(".tmp-")):
+            key = path.relative_to(blobs).as_posix()
+            store.put(key, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+            copied += 1
+        typer.echo(f"blobs: {copied} files")
+    typer.echo("done: start the new processes with the same DARKROOM_SECRET_KEY and DARKROOM_WEBHOOK_SECRET "
+               "(the old data dir's secret.key and webhook.key)")
+
+
 @app.command("webhook-secret")
 def webhook_secret_cmd(data_dir: Optional[Path] = DataDir) -> None:
     """Print the server-wide webhook signing secret (for receivers of requests without their own)."""
