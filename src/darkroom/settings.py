@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     )
     secret_key: str | None = Field(None, description="HMAC key for result URLs; default: generated in data_dir.")
     media_url_ttl_s: int = Field(3600, ge=1, description="Lifetime of signed result URLs.")
+    retention_s: float | None = Field(
+        None, gt=0, description="Delete requests (and their images, inputs and previews) this long after they "
+                                "ended; default: keep them for ever.")
     max_body_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted input image.")
 

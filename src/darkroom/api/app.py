@@ -16,6 +16,7 @@ from darkroom.api import admin, bfl, events, media, openai_images, render, reque
 from darkroom.api.errors import install_error_handlers
 from darkroom.api.limits import BodySizeLimit
 from darkroom.domain import Request
+from darkroom.retention import RetentionSweeper
 from darkroom.service import Service
 from darkroom.settings import Settings
 from darkroom.wakeup import KEYS, AsyncHub
@@ -39,9 +40,14 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         if dispatcher is not None:
             dispatcher.start()
         hub.start()
+        sweeper = RetentionSweeper(service) if settings.retention_s else None
+        if sweeper is not None:
+            sweeper.start()
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.stop()
             hub.stop()
             if dispatcher is not None:
                 await asyncio.to_thread(dispatcher.stop)  # waits for sends in flight

@@ -263,3 +263,28 @@ def created_since(conn: sa.Connection, key_id: str, since: float) -> list[float]
         .where(requests.c.key_id == key_id, requests.c.created_at > since)
         .order_by(requests.c.created_at)
     ).scalars())
+
+
+def ended_before(conn: sa.Connection, cutoff: float, limit: int) -> list[Request]:
+    """Up to ``limit`` requests that ended before ``cutoff``, oldest first (retention)."""
+    rows = conn.execute(
+        sa.select(requests).where(requests.c.finished_at < cutoff).order_by(requests.c.finished_at).limit(limit)
+    ).all()
+    return [to_request(r) for r in rows]
+
+
+def delete_requests(conn: sa.Connection, request_ids: list[str]) -> int:
+    """Delete ended requests and their webhook deliveries; how many requests went.
+
+    Only ended ones: a request that was requeued or is running is never deleted under it.
+    """
+    from darkroom.store.tables import webhook_deliveries
+
+    ended = [s.value for s in Status if s.is_terminal]
+    gone = list(conn.execute(
+        sa.select(requests.c.id).where(requests.c.id.in_(request_ids), requests.c.status.in_(ended))
+    ).scalars())
+    if not gone:
+        return 0
+    conn.execute(sa.delete(webhook_deliveries).where(webhook_deliveries.c.request_id.in_(gone)))
+    return conn.execute(sa.delete(requests).where(requests.c.id.in_(gone))).rowcount

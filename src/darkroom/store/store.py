@@ -361,6 +361,15 @@ class Store:
         return self._reading("listing requests",
                              lambda conn: requests_.list_requests(conn, key_id, model, status, limit, offset))
 
+    def ended_before(self, cutoff: float, limit: int = 100) -> list[Request]:
+        """Up to ``limit`` requests that ended before ``cutoff`` (Unix seconds), oldest first."""
+        return self._reading("listing ended requests", lambda conn: requests_.ended_before(conn, cutoff, limit))
+
+    def delete_requests(self, request_ids: list[str]) -> int:
+        """Delete these requests (ended ones only) with their webhook deliveries; how many went."""
+        with self._write() as conn:
+            return requests_.delete_requests(conn, request_ids)
+
     def ping(self) -> None:
         """One trivial round trip (``SELECT 1``): the database answers; StoreUnavailable if it
         does not within the retry budget."""

@@ -93,6 +93,7 @@ requests = sa.Table(
     sa.Index("ix_requests_queue", "status", "model", "priority", "turn", "seq"),
     sa.Index("ix_requests_batch", "status", "model", "shape_key", "priority", "turn", "seq"),
     sa.Index("ix_requests_key_turn", "key_id", "status", "model", "priority", "turn"),
+    sa.Index("ix_requests_finished", "finished_at"),  # retention: ended requests, oldest first
     sa.Index("ix_requests_listing", "key_id", "seq"),
     sa.Index("ix_requests_stalled", "status", "lease_expires_at"),
     sa.Index(

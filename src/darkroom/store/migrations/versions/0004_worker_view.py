@@ -1,5 +1,5 @@
 """The operator's view of workers (where each runs, what it holds, whether it drains) and
-admin keys (which may read that view over HTTP).
+admin keys (which may read that view over HTTP); an index for retention.
 
 Revision ID: 0004
 Revises: 0003
@@ -30,9 +30,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("draining", sa.Boolean(), nullable=False, server_default=sa.false()))
     with op.batch_alter_table("api_keys", recreate="never") as batch:
         batch.add_column(sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Retention walks ended requests oldest first.
+    op.create_index("ix_requests_finished", "requests", ["finished_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_requests_finished", table_name="requests")
     with op.batch_alter_table("api_keys", recreate="never") as batch:
         batch.drop_column("is_admin")
     with op.batch_alter_table("workers", recreate="never") as batch:
