@@ -267,17 +267,14 @@ def generate(
 def _generate_logging(log_level: Optional[str], verbose: bool) -> int:
     """Logging for ``generate``: WARNING unless asked (``-v``: INFO), through the progress bar's
     console so that a record prints above the bar rather than onto its line. Returns the level."""
-    from rich.logging import RichHandler
-
-    from darkroom.generate import console
+    from darkroom.generate import ConsoleLogHandler
 
     name = (log_level or ("INFO" if verbose else "WARNING")).upper()
     level = logging.getLevelName(name)
     if not isinstance(level, int):
         raise typer.BadParameter(f"{log_level!r} is not one of DEBUG, INFO, WARNING, ERROR", param_hint="--log-level")
-    handler = RichHandler(console=console, show_path=False, show_time=level <= logging.INFO, markup=False,
-                          rich_tracebacks=False)
-    logging.basicConfig(level=level, handlers=[handler], format="%(name)s: %(message)s", force=True)
+    logging.basicConfig(level=level, handlers=[ConsoleLogHandler()], force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_alembic()
     return level
 

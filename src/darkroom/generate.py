@@ -6,15 +6,38 @@ finish), so ``darkroom generate`` exercises exactly what a server would do.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+from collections.abc import Iterator
 from typing import Any, Callable
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from darkroom.errors import EngineError, ModelUnavailable
+from darkroom.errors import DarkroomError, EngineError, ModelUnavailable
 from darkroom.wakeup import REQUEST
 
+#: The key ``generate_local`` submits with (requests need one). It is internal: ``keys list``
+#: does not show it and ``keys create`` refuses the name.
 LOCAL_KEY_NAME = "local-cli"
+INTERNAL_KEY_NAMES = frozenset({LOCAL_KEY_NAME})
+
+#: Where the progress bar goes (stderr; the result line goes to stdout). The CLI sends its log
+#: records here too while the bar runs, so that they print above the bar instead of onto its line.
+console = Console(stderr=True)
+
+#: Warnings that are expected on the way to an image with darkroom's own models, silenced at
+#: their source by ``quiet_libraries`` (each logger's level, for the duration of the load and
+#: run; ``-v`` keeps them): logger -> what it says.
+EXPECTED_NOISE = {
+    # darkroom-mini's text encoders are BERT models where the FLUX pipeline class names CLIP and T5
+    "diffusers.pipelines.pipeline_utils": "Expected types for text_encoder ... got BertModel",
+    # transformers' image processors fall back to PIL without torchvision (which darkroom does not need)
+    "transformers.utils.import_utils": "`CLIPImageProcessor` requires torchvision (not installed) ...",
+    # the skin-tone image check stands in for NudeNet where the extra is not installed (docs/safety.md)
+    "darkroom.safety.moderator": "image check in fallback mode (skin-tone heuristic; NudeNet not installed) ...",
+}
 
 
 class _Bar:
@@ -27,7 +50,7 @@ class _Bar:
 
     def __init__(self) -> None:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
-                                 TimeElapsedColumn(), transient=False)
+                                 TimeElapsedColumn(), transient=False, console=console)
         self.task = self.progress.add_task("queued", total=None, count="")
         self._total: int | None = None  # the step count, once known
 
@@ -57,6 +80,49 @@ class _Bar:
             self.progress.update(self.task, description=status)
 
 
+class ConsoleLogHandler(logging.Handler):
+    """Log records printed through ``console``: above a running progress bar, never onto its line
+    (and, unlike rich's own handler, not wrapped into columns)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def quiet_libraries(*, expected: bool = True) -> Iterator[None]:
+    """While loading and running a model in this process: transformers' and diffusers' records
+    handed to the caller's logging setup (propagated, not printed by their own stderr handlers,
+    so that they cannot land on the progress bar's line), their loading progress bars off, and
+    with ``expected`` the warnings in ``EXPECTED_NOISE`` off (those loggers at ERROR). All is put
+    back afterwards. Errors still show."""
+    saved_levels = {name: logging.getLogger(name).level for name in EXPECTED_NOISE}
+    undo: list[Callable[[], None]] = []
+    if expected:
+        for name in EXPECTED_NOISE:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    for lib in ("transformers", "diffusers"):
+        try:
+            hf_logging = __import__(f"{lib}.utils.logging", fromlist=["logging"])
+        except ImportError:  # pragma: no cover - both are dependencies
+            continue
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
+        undo += [hf_logging.enable_default_handler, hf_logging.disable_propagation]
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            undo.append(hf_logging.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for fn in reversed(undo):
+            fn()
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def _finish(status: dict[str, Any], fetch: Callable[[str], bytes]) -> tuple[dict[str, Any], bytes]:
     if status["status"] != "success":
         err = (status.get("outcome") or {}).get("error") or {}
@@ -66,7 +132,11 @@ def _finish(status: dict[str, Any], fetch: Callable[[str], bytes]) -> tuple[dict
 
 
 def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """Submit through the service and run a worker in this process until the request ends."""
+    """Submit through the service and run a worker in this process until the request ends.
+
+    The worker serves only the requested model (it loads nothing else). The request is made
+    with the internal ``local-cli`` key, which ``keys list`` does not show.
+    """
     from darkroom.api.render import status_object
     from darkroom.service import Service
     from darkroom.worker.runner import build_worker
@@ -82,7 +152,7 @@ def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tupl
         key, _ = service.store.create_key(LOCAL_KEY_NAME)
     changes = service.store.wakeup.listen([REQUEST])  # before the submit: no change is missed
     request = service.submit(key, spec.id, payload).request
-    worker = build_worker(settings, store=service.store)
+    worker = build_worker(settings.model_copy(update={"worker_models": [spec.id]}), store=service.store)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
@@ -90,7 +160,9 @@ def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tupl
         with _Bar() as bar:
             while True:
                 current = service.get_request(key, request.id)
-                bar.update(current.status.value, current.progress_step, current.progress_total)
+                position = service.queue_position(current) if current.status.value == "queued" else None
+                bar.update(current.status.value, current.progress_step, current.progress_total,
+                           queue_position=position)
                 if current.status.is_terminal:
                     break
                 changes.wait(timeout=1.0)  # woken by the worker's claim, each progress flush, the finish
@@ -99,6 +171,10 @@ def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tupl
         worker.stop_waiting()
         thread.join()
         changes.close()
+        # Interrupted (Ctrl+C): the request must not stay queued for the next run to pick up.
+        with contextlib.suppress(DarkroomError):  # it may end meanwhile (409), or the store be gone
+            if not service.get_request(key, request.id).status.is_terminal:
+                service.cancel_request(key, request.id)
     status = status_object(service, "http://local", current)
 
     def fetch(url: str) -> bytes:

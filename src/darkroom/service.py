@@ -30,6 +30,8 @@ from darkroom.store import Limits, Store, Submitted
 log = logging.getLogger(__name__)
 
 BLOB_PREFIX = "darkroom-blob:"
+ENDED_CACHE_S = 60.0
+ENDED_CACHE_SIZE = 10_000
 MAX_PAGE = 100
 
 
@@ -77,6 +79,8 @@ class Service:
     guard: NetGuard
     # secret digest -> (key, monotonic expiry): a status read should not cost a key lookup each time.
     _keys: dict[str, tuple[ApiKey, float]] = dataclass_field(default_factory=dict, repr=False)
+    # request id -> (ended request, monotonic expiry): see ended_request.
+    _ended: dict[str, tuple[Request, float]] = dataclass_field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: Store | None = None) -> "Service":
@@ -231,10 +235,33 @@ class Service:
         return out, sizes
 
     def get_request(self, key: ApiKey, request_id: str) -> Request:
+        request = self.ended_request(key, request_id)
+        if request is not None:
+            return request
         request = self.store.get_request(request_id, key_id=key.id)
         if request is None:
             raise RequestNotFound(f"no request {request_id!r}", field="request_id")
+        if request.status.is_terminal and not request.webhook_url:
+            self._remember(request)
         return request
+
+    def ended_request(self, key: ApiKey, request_id: str) -> Request | None:
+        """The request if it ended and was read within ``ENDED_CACHE_S`` (no I/O); else None.
+
+        An ended request never changes again (``domain.TRANSITIONS``), so a client polling a
+        finished request, or many clients reading one, cost no database read. Requests with
+        a webhook are not kept: their deliveries' state still moves. Retention may delete a
+        request; a cached copy lives ``ENDED_CACHE_S`` at most.
+        """
+        hit = self._ended.get(request_id)
+        if hit is None or hit[1] < time.monotonic() or hit[0].key_id != key.id:
+            return None
+        return hit[0]
+
+    def _remember(self, request: Request) -> None:
+        if len(self._ended) >= ENDED_CACHE_SIZE:
+            self._ended.clear()  # bounded; the next reads refill it
+        self._ended[request.id] = (request, time.monotonic() + ENDED_CACHE_S)
 
     def list_requests(
         self, key: ApiKey, *, model: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0

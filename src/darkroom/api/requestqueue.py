@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fastapi import APIRouter, Body, Depends, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from darkroom.api import render
 from darkroom.api.deps import base_url, bearer_key, get_service, submit_options
@@ -47,12 +48,21 @@ def submit_request(
 
 @router.get("/requests/{request_id}", response_model=StatusObject, responses=error_responses(401, 404),
             summary="Status of one of your requests")
-def get_request(
+async def get_request(
     request_id: str,
     key: ApiKey = Depends(bearer_key),
     service: Service = Depends(get_service),
     base: str = Depends(base_url),
 ) -> dict:
+    # An ended request read recently comes from memory, on the event loop; anything else is
+    # read from the store in the thread pool.
+    request = service.ended_request(key, request_id)
+    if request is not None:
+        return render.status_object(service, base, request)
+    return await run_in_threadpool(_status, service, key, request_id, base)
+
+
+def _status(service: Service, key: ApiKey, request_id: str, base: str) -> dict:
     request = service.get_request(key, request_id)
     return render.status_object(service, base, request, queue_position=service.queue_position(request))
 

@@ -207,6 +207,11 @@ def _check_type(spec: ParamSpec, value: Any, field: str) -> None:
             raise InvalidField(field, f"must be a string, got {type(value).__name__}")
 
 
+def _number(value: float) -> str:
+    """A bound as people write it: 2147483647, not 2.14748e+09; 0.5 stays 0.5."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def validate_payload(params: list[ParamSpec], payload: Any, *, max_image_bytes: int) -> dict[str, Any]:
     """Check a payload against a model's parameters and fill in defaults.
 
@@ -239,9 +244,9 @@ def validate_payload(params: list[ParamSpec], payload: Any, *, max_image_bytes: 
         if spec.type == "number":
             value = float(value)
         if spec.minimum is not None and value < spec.minimum:
-            raise InvalidField(field, f"must be at least {spec.minimum:g}, got {value}")
+            raise InvalidField(field, f"must be at least {_number(spec.minimum)}, got {value}")
         if spec.maximum is not None and value > spec.maximum:
-            raise InvalidField(field, f"must be at most {spec.maximum:g}, got {value}")
+            raise InvalidField(field, f"must be at most {_number(spec.maximum)}, got {value}")
         if spec.min_length is not None and len(value) < spec.min_length:
             raise InvalidField(field, f"must be at least {spec.min_length} characters")
         if spec.max_length is not None and len(value) > spec.max_length:

@@ -138,7 +138,11 @@ class Stages:
 
         ``result`` is the engine's (resized here if the engine deferred it) or an image."""
         try:
+            started = time.perf_counter()
             image = result.finished() if isinstance(result, GenerationResult) else result
+            # Resizing to the asked size is the engine's work done here, off its thread: it
+            # counts as engine time, as it did when the engine did it.
+            engine_ms += (time.perf_counter() - started) * 1000
             self._publish(task, image, stopped=stopped, engine_ms=engine_ms, batch_size=batch_size)
         except EngineError as exc:
             self.fail(task, exc.code, exc.message)
