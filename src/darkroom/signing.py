@@ -31,7 +31,8 @@ class UrlSigner:
             exp = int(expires)
         except (TypeError, ValueError) as exc:
             raise Forbidden("result URL has a malformed expiry") from exc
-        if not hmac.compare_digest(self._mac(key, exp), str(signature)):
+        # Bytes, not str: compare_digest refuses a non-ASCII str (a 500 on `sig=%C3%A9`).
+        if not hmac.compare_digest(self._mac(key, exp).encode(), str(signature).encode("utf-8", "replace")):
             raise Forbidden("result URL signature is invalid")
         if exp < (now if now is not None else time.time()):
             raise Forbidden("result URL has expired")
