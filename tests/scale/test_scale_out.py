@@ -170,15 +170,22 @@ def test_300_requests_through_both_replicas_end_exactly_once(deployment: Deploym
 
 
 def test_kill_9_of_a_worker_mid_request_ten_times(deployment: Deployment) -> None:
-    ids = [_submit(deployment.api(i % 2, i % 3), "tiny-slow", steps=60, seed=i + 1) for i in range(40)]
+    ids: list[str] = []
     rng = random.Random(1)
+
+    def top_up() -> None:
+        # Keep work in flight, however fast the machine: a kill must find a request running.
+        unfinished = [i for i in ids if not deployment.store.get_request(i).status.is_terminal]
+        for n in range(max(0, 12 - len(unfinished))):
+            ids.append(_submit(deployment.api(n % 2, n % 3), "tiny-slow", steps=60, seed=len(ids) + 1))
+
+    def busy():
+        top_up()
+        alive = {p.pid: p for p in deployment.workers if p.alive()}
+        return [alive[w.pid] for w in deployment.store.list_workers() if w.current and w.pid in alive]
+
     for _ in range(10):
-        def busy():
-            alive = {p.pid: p for p in deployment.workers if p.alive()}
-            holding = [alive[w.pid] for w in deployment.store.list_workers() if w.current and w.pid in alive]
-            return holding
-        holding = wait_for(busy, timeout=240, what="a worker holding a request")
-        victim = rng.choice(holding)
+        victim = rng.choice(wait_for(busy, timeout=240, what="a worker holding a request"))
         victim.kill()
         deployment.start_worker()
     ended = deployment.wait_ended(ids)
