@@ -55,11 +55,46 @@ def encode_image(image: Image.Image, output_format: str) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, field: str = "payload.input_image") -> Image.Image:
-    """An RGB image from bytes; raises InvalidField(code=invalid_input_image) if it is not one."""
+#: Largest input image, in pixels (width x height), unless the settings say otherwise.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+_UNREADABLE = "is not a readable image (PNG, JPEG, WebP, ...)"
+
+
+def probe_image(data: bytes, field: str = "payload.input_image", *,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """Width and height from the image's header, without decoding its pixels; raises
+    InvalidField(code=invalid_input_image) if it is not an image or is over ``max_pixels``.
+
+    The API process checks uploads with this alone: a small file can declare a huge image
+    (a 1 KB JPEG header for 9000 x 9000 decodes to 243 MB), so nothing is decoded there.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InvalidField(field, f"is {width} x {height} pixels; the limit is {max_pixels} pixels",
+                                   code="invalid_input_image")
+            if img.format == "PNG":
+                img.verify()  # chunk CRCs, cheap: a truncated or corrupt PNG is refused here
+    except Image.DecompressionBombError as exc:
+        raise InvalidField(field, f"is larger than {max_pixels} pixels", code="invalid_input_image") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidField(field, _UNREADABLE, code="invalid_input_image") from exc
+    return width, height
+
+
+def decode_image(data: bytes, field: str = "payload.input_image", *,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An RGB image from bytes (the first frame of an animation; CMYK, 16-bit, palette and
+    alpha converted); raises InvalidField(code=invalid_input_image) if it is not one or is
+    over ``max_pixels`` (checked from the header before any decoding)."""
+    probe_image(data, field, max_pixels=max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InvalidField(field, "is not a readable image (PNG, JPEG, WebP, ...)", code="invalid_input_image") from exc
+    except Image.DecompressionBombError as exc:
+        raise InvalidField(field, f"is larger than {max_pixels} pixels", code="invalid_input_image") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidField(field, _UNREADABLE, code="invalid_input_image") from exc

@@ -19,7 +19,7 @@ from darkroom.domain import ApiKey, Page, Priority, Request, Status, SubmitOptio
 from darkroom.engines.params import INPUT_IMAGE_FIELDS, decode_base64_image, validate_payload
 from darkroom.engines.registry import Registry, load_registry
 from darkroom.errors import Forbidden, InvalidField, NotFound, RequestNotFound, Unauthorized
-from darkroom.imaging import CONTENT_TYPES, decode_image
+from darkroom.imaging import CONTENT_TYPES, probe_image
 from darkroom.netguard import NetGuard
 from darkroom.settings import Settings
 from darkroom.signing import UrlSigner
@@ -222,7 +222,8 @@ class Service:
             value = payload.get(field)
             if isinstance(value, str) and not value.startswith(("http://", "https://")):
                 raw = decode_base64_image(value, f"payload.{field}", self.settings.max_image_bytes)
-                sizes[field] = decode_image(raw, f"payload.{field}").size
+                # The header only: the API process never decodes an image (see imaging.probe_image).
+                sizes[field] = probe_image(raw, f"payload.{field}", max_pixels=self.settings.max_image_pixels)
                 decoded[field] = raw
         if not decoded:
             return payload, sizes

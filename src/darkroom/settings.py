@@ -39,6 +39,8 @@ class Settings(BaseSettings):
                                 "ended; default: keep them for ever.")
     max_body_bytes: int = Field(30 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted input image.")
+    max_image_pixels: int = Field(64 * 1024 * 1024, ge=64 * 64, description="Largest accepted input image in pixels "
+                                                                         "(width x height, read from its header).")
 
     # Database: the connection pool of each process (PostgreSQL only; SQLite keeps SQLAlchemy's defaults)
     db_pool_size: int = Field(5, ge=1, description="Connections a process keeps open to PostgreSQL.")

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from darkroom.errors import InvalidField
+from darkroom.errors import InvalidField, PayloadTooLarge
 
 ParamType = Literal["string", "integer", "number", "boolean", "image", "aspect_ratio"]
 
@@ -179,14 +179,14 @@ def decode_base64_image(value: str, field: str, max_bytes: int) -> bytes:
         _, _, data = data.partition(",")
     # base64 is 4/3 the size of what it encodes: refuse before decoding a huge string.
     if len(data) * 3 // 4 > max_bytes:
-        raise InvalidField(field, f"image is larger than {max_bytes // (1024 * 1024)} MB", code="payload_too_large")
+        raise PayloadTooLarge(f"{field}: image is larger than {max_bytes // (1024 * 1024)} MB", field=field)
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidField(field, "must be a base64-encoded image or an http(s) URL",
                            code="invalid_input_image") from exc
     if len(raw) > max_bytes:
-        raise InvalidField(field, f"image is larger than {max_bytes // (1024 * 1024)} MB", code="payload_too_large")
+        raise PayloadTooLarge(f"{field}: image is larger than {max_bytes // (1024 * 1024)} MB", field=field)
     return raw
 
 

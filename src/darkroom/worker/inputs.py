@@ -9,7 +9,7 @@ from PIL import Image
 
 from darkroom.domain import InputRef
 from darkroom.errors import EngineError, InvalidField, NotFound
-from darkroom.imaging import decode_image
+from darkroom.imaging import MAX_IMAGE_PIXELS, decode_image
 from darkroom.netguard import NetGuard, UrlNotAllowed, guarded_client
 from darkroom.service import BLOB_PREFIX
 from darkroom.storage import BlobStore
@@ -55,7 +55,7 @@ def fetch_url(url: str, *, max_bytes: int, timeout_s: float, guard: NetGuard | N
 
 
 def load_input_images(inputs: tuple[InputRef, ...], blobs: BlobStore, *, max_bytes: int, timeout_s: float = 30.0,
-                      guard: NetGuard | None = None) -> tuple[Image.Image, ...]:
+                      guard: NetGuard | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image, ...]:
     """The spec's input images, decoded, in field order; URLs are fetched through ``guard``
     (see ``fetch_url``). Raises EngineError(code=invalid_input_image)."""
     images = []
@@ -65,7 +65,7 @@ def load_input_images(inputs: tuple[InputRef, ...], blobs: BlobStore, *, max_byt
                 raw = blobs.get(ref.ref[len(BLOB_PREFIX):])
             else:
                 raw = fetch_url(ref.ref, max_bytes=max_bytes, timeout_s=timeout_s, guard=guard)
-            images.append(decode_image(raw, f"payload.{ref.field}"))
+            images.append(decode_image(raw, f"payload.{ref.field}", max_pixels=max_pixels))
         except (InvalidField, NotFound) as exc:
             raise EngineError(f"payload.{ref.field}: {exc}", code="invalid_input_image") from exc
     return tuple(images)

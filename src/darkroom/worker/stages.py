@@ -100,7 +100,8 @@ class Stages:
         # Input moderation comes before any engine time is spent.
         _check(self.moderator.check_text(spec.prompt, tolerance), "input_moderated", "the prompt")
         images = load_input_images(spec.inputs, self.blobs, max_bytes=self.settings.max_image_bytes,
-                                   guard=NetGuard.from_settings(self.settings))
+                                   guard=NetGuard.from_settings(self.settings),
+                                   max_pixels=self.settings.max_image_pixels)
         for image in images:
             _check(self.moderator.check_image(image, tolerance), "input_moderated", "an input image")
         prompt = spec.prompt
