@@ -76,15 +76,19 @@ def test_a_dead_worker_child_is_recovered_at_once(tmp_path: Path, tiny_models: P
     dep = start_deployment(tmp_path, tiny_models, DARKROOM_LEASE_S=str(LEASE_S))
     store = _store(dep)
     child = _child(store)
-    # A long run on serve's child first; then a spare worker, loaded and idle, to take it over.
-    request_id = dep.a.submit("tiny-slow", steps=2000)["request_id"]
-    wait_for(lambda: (r := store.get_request(request_id)).status.value == "processing" and r, timeout=60,
-             what="the request to start")
-    assert "-serve" in store.get_request(request_id).lease_owner
+    # A spare worker, loaded, beside serve's child; paused (SIGSTOP) while the child claims the
+    # request, so that the child holds it whatever the machine's speed.
     spare = Process(["worker", "--model", "tiny-slow"], dep.env, tmp_path / "spare.log").start()
     try:
         wait_for(lambda: len(store.list_workers()) >= 2, timeout=120, what="the spare worker")
-        assert store.get_request(request_id).attempts == 1  # still the child's
+        os.kill(spare.pid, signal.SIGSTOP)
+        try:
+            request_id = dep.a.submit("tiny-slow", steps=2000)["request_id"]
+            wait_for(lambda: (r := store.get_request(request_id)).status.value == "processing" and r, timeout=60,
+                     what="the request to start")
+        finally:
+            os.kill(spare.pid, signal.SIGCONT)
+        assert "-serve" in store.get_request(request_id).lease_owner
         killed_at = time.time()
         os.kill(child, signal.SIGKILL)
         again = wait_for(lambda: (r := store.get_request(request_id)).attempts == 2 and r.started_at and r,
@@ -98,6 +102,7 @@ def test_a_dead_worker_child_is_recovered_at_once(tmp_path: Path, tiny_models: P
         dep.server.stop()
 
 
+@pytest.mark.parametrize("dead_after_s", [6.0])
 def test_a_slow_but_alive_worker_keeps_its_request(tmp_path: Path, tiny_models: Path, dead_after_s: float) -> None:
     """A generation longer than worker_dead_after_s: the worker's heartbeat thread keeps saying it
     is alive, so another worker's sweep leaves its request alone (exactly once)."""
