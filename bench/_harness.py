@@ -159,7 +159,7 @@ class Backend:
     """Where a deployment keeps its data: ``sqlite`` in its data dir, or a fresh PostgreSQL database."""
 
     name: str
-    pg: Any = None  # bench._postgres.PostgresCluster for postgresql
+    pg: Any = None  # darkroom.testing.postgres.PostgresCluster for postgresql
 
     def env(self, data_dir: Path) -> dict[str, str]:
         extra = {"DARKROOM_DATABASE_URL": self.pg.new_database()} if self.name == "postgresql" else {}

@@ -151,14 +151,16 @@ def run_main_deployment(run: BackendRun, backend: Backend, figures: list[str], c
 
 def run_backend(name: str, figures: list[str], cfg: Config, workdir: Path) -> BackendRun:
     from bench import _figures as fig
+    from contextlib import ExitStack
+
     from bench._harness import Backend, log
-    from bench._postgres import PostgresCluster
+    from darkroom.testing.postgres import throwaway_cluster
 
     run = BackendRun(name)
-    cluster = None
+    stack = ExitStack()
     try:
-        if name == "postgresql":
-            cluster = PostgresCluster().start()
+        # fsync on: the benchmark's commits must be durable ones.
+        cluster = stack.enter_context(throwaway_cluster(durable=True)) if name == "postgresql" else None
         backend = Backend(name, cluster)
         if {"claim", "throughput", "reads", "rss"} & set(figures):
             guarded(run, "deployment", lambda: run_main_deployment(run, backend, figures, cfg, workdir))
@@ -168,8 +170,7 @@ def run_backend(name: str, figures: list[str], cfg: Config, workdir: Path) -> Ba
         run.errors["cluster"] = f"{type(exc).__name__}: {exc}"
         log(f"{name}: FAILED to start PostgreSQL: {exc}")
     finally:
-        if cluster is not None:
-            cluster.stop()
+        stack.close()
     return run
 
 

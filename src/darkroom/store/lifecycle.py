@@ -227,6 +227,12 @@ def renew_lease(conn: sa.Connection, request_id: str, worker_id: str, lease_s: f
     return _renew(conn, request_id, worker_id, lease_s, now)
 
 
+def _lease_states(rows: Any, request_ids: list[str]) -> dict[str, LeaseState]:
+    """Every id's LeaseState from the (id, cancel_requested) rows still owned; not owned if absent."""
+    found = {r.id: LeaseState(owned=True, cancel_requested=bool(r.cancel_requested)) for r in rows}
+    return {i: found.get(i, LeaseState(owned=False)) for i in request_ids}
+
+
 def renew_leases(
     conn: sa.Connection, request_ids: list[str], worker_id: str, lease_s: float, now: float
 ) -> dict[str, LeaseState]:
@@ -241,8 +247,7 @@ def renew_leases(
         .values(lease_expires_at=now + lease_s, updated_at=now)
         .returning(requests.c.id, requests.c.cancel_requested)
     ).all()
-    found = {r.id: LeaseState(owned=True, cancel_requested=bool(r.cancel_requested)) for r in rows}
-    return {i: found.get(i, LeaseState(owned=False)) for i in request_ids}
+    return _lease_states(rows, request_ids)
 
 
 def lease_states(conn: sa.Connection, request_ids: list[str], worker_id: str) -> dict[str, LeaseState]:
@@ -254,8 +259,7 @@ def lease_states(conn: sa.Connection, request_ids: list[str], worker_id: str) ->
             requests.c.lease_owner == worker_id,
         )
     ).all()
-    found = {r.id: LeaseState(owned=True, cancel_requested=bool(r.cancel_requested)) for r in rows}
-    return {i: found.get(i, LeaseState(owned=False)) for i in request_ids}
+    return _lease_states(rows, request_ids)
 
 
 def report_progress(

@@ -56,6 +56,7 @@ class PostgresCluster:
     root: Path
     port: int
     user: pwd.struct_passwd | None
+    durable: bool = False  # fsync on, as in production (benchmarks); off for tests
     _count: int = field(default=0)
 
     @property
@@ -78,8 +79,10 @@ class PostgresCluster:
         self._pg_ctl("start")
 
     def _options(self) -> str:
-        # Loopback TCP only, the socket in our own dir, and no fsync: a throwaway cluster.
-        return f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=200"
+        # Loopback TCP only, the socket in our own dir; no fsync (-F) unless durable commits
+        # are what is measured.
+        fsync = "" if self.durable else " -F"
+        return f"-h 127.0.0.1 -p {self.port} -k {self.root}{fsync} -c max_connections=200"
 
     def _pg_ctl(self, action: str, *args: str) -> None:
         """``pg_ctl ACTION``, waiting (``-w``) until the server accepts connections (or is down)."""
@@ -119,14 +122,17 @@ class PostgresCluster:
 
 
 @contextmanager
-def throwaway_cluster() -> Iterator[PostgresCluster]:
-    """A started cluster, stopped and deleted on exit. Raises RuntimeError if it cannot start."""
+def throwaway_cluster(*, durable: bool = False) -> Iterator[PostgresCluster]:
+    """A started cluster, stopped and deleted on exit. Raises RuntimeError if it cannot start.
+
+    ``durable``: fsync on and ``synchronous_commit`` at its default, so that a commit costs
+    what it costs in production (the benchmarks); tests run without fsync."""
     user = _run_as()
     root = Path(tempfile.mkdtemp(prefix="darkroom-pg-"))
     try:
         if user is not None:
             os.chown(root, user.pw_uid, user.pw_gid)
-        cluster = PostgresCluster(root=root, port=_free_port(), user=user)
+        cluster = PostgresCluster(root=root, port=_free_port(), user=user, durable=durable)
         started = time.monotonic()
         cluster.start()
         print(f"postgres started in {time.monotonic() - started:.1f}s on port {cluster.port}")
