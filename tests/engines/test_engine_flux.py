@@ -1,4 +1,4 @@
-"""FluxEngine on tiny random pipelines, loaded through the registry like real models."""
+"""DiffusersEngine (FLUX families) on tiny random pipelines, loaded through the registry like real models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PIL import Image
 
 from darkroom.engines import create_engine
 from darkroom.engines.base import GenerationJob
-from darkroom.engines.flux import FluxEngine
+from darkroom.engines.diffusers_engine import DiffusersEngine
 from darkroom.errors import EngineError
 
 STEPS = 2
@@ -31,7 +31,7 @@ def pixels(result) -> bytes:
 
 def test_loads_through_the_registry(tiny_registry):
     engine = create_engine(tiny_registry.get("tiny"), device="cpu")
-    assert isinstance(engine, FluxEngine)
+    assert isinstance(engine, DiffusersEngine)
     assert engine.model_id == "tiny" and not engine.loaded
     engine.load()
     pipe = engine._pipe

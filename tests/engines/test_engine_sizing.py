@@ -7,7 +7,7 @@ import types
 
 from PIL import Image
 
-from darkroom.engines.flux import fit_area, stitch
+from darkroom.engines.sizing import fit_area, stitch
 from darkroom.engines.resize import resize
 
 
@@ -30,10 +30,11 @@ def test_stitch_puts_references_side_by_side():
     assert stitch([a]).size == (100, 50)
 
 
-def test_resize_uses_the_upscale_module_when_present(monkeypatch):
+def test_resize_uses_the_edge_upscaler_only_when_the_model_asks(monkeypatch):
+    """darkroom-mini's edge-steepening upscaler is for its flat shapes: any other model (the
+    ``upscaler`` option unset) is enlarged with Lanczos, which invents no edges."""
     small = Image.new("RGB", (64, 64), (1, 2, 3))
     assert resize(small, 64, 64) is small
-    assert resize(small, 128, 96).size == (128, 96)  # fallback: Lanczos
 
     calls = []
     module = types.ModuleType("darkroom.engines.upscale")
@@ -44,6 +45,9 @@ def test_resize_uses_the_upscale_module_when_present(monkeypatch):
 
     module.upscale_to = upscale_to
     monkeypatch.setitem(sys.modules, "darkroom.engines.upscale", module)
-    assert resize(small, 128, 96).size == (128, 96)
-    assert resize(Image.new("RGB", (256, 256)), 128, 96).size == (128, 96)  # shrinking stays with PIL
+    assert resize(small, 128, 96).size == (128, 96)  # default: Lanczos
+    assert resize(small, 128, 96, "lanczos").size == (128, 96)
+    assert calls == []
+    assert resize(small, 128, 96, "edges").size == (128, 96)
+    assert resize(Image.new("RGB", (256, 256)), 128, 96, "edges").size == (128, 96)  # shrinking stays with PIL
     assert calls == [((64, 64), 128, 96)]

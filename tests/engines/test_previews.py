@@ -1,4 +1,4 @@
-"""Step previews from FluxEngine: small, RGB, and invisible in the final pixels."""
+"""Step previews from DiffusersEngine: small, RGB, and invisible in the final pixels."""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ENGINES", "create_engine"]
 
-#: Engine names a registry entry may give, as ``engine = "..."``.
-ENGINES = ("flux",)
+#: Engine names a registry entry may give, as ``engine = "..."`` ("flux" is read as "diffusers").
+ENGINES = ("diffusers",)
 
 
 def create_engine(spec: ModelSpec, device: str | None = None) -> Engine:
@@ -30,9 +30,9 @@ def create_engine(spec: ModelSpec, device: str | None = None) -> Engine:
     Raises:
         EngineError(code="model_unavailable"): unknown engine, or invalid engine options.
     """
-    if spec.engine == "flux":
-        from darkroom.engines.flux import FluxEngine
+    if spec.engine == "diffusers":
+        from darkroom.engines.diffusers_engine import DiffusersEngine
 
-        return FluxEngine(spec, device=device)
+        return DiffusersEngine(spec, device=device)
     raise EngineError(f"model {spec.id!r}: unknown engine {spec.engine!r}; known: {', '.join(ENGINES)}",
                       code="model_unavailable")

