@@ -131,8 +131,109 @@ def _flux2(seed: int):
     )
 
 
+def _qwen_vl_encoder(seed: int, tokenizer):
+    """A tiny Qwen2.5-VL (Qwen-Image's text encoder), its vision token ids those of ``tokenizer``."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": TEXT_DIM,
+            "intermediate_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0},
+            "bos_token_id": None,
+            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": TEXT_DIM,
+            "intermediate_size": 32,
+            "num_heads": 2,
+            "out_hidden_size": TEXT_DIM,
+            "patch_size": 14,  # the image processor's, below
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    return _seeded(seed, lambda: Qwen2_5_VLForConditionalGeneration(config))
+
+
+def _qwen_image_parts(seed: int) -> dict[str, Any]:
+    """The components Qwen-Image and its editing pipelines share."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+
+    from darkroom.testing.tiny_tokenizers import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    z_dim = 4
+    vae = _seeded(seed + 2, lambda: AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],  # three downsamplings: 8x, as Qwen-Image's VAE
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+    ))
+    transformer = _seeded(seed + 3, lambda: QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4 * z_dim,  # 2x2 patches of latent pixels, packed into channels
+        out_channels=z_dim,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        axes_dims_rope=(8, 4, 4),  # summing to the head size
+    ))
+    # Qwen-Image's scheduler: exponential time shift growing with the token count.
+    scheduler = _flow_scheduler(
+        base_image_seq_len=256, max_image_seq_len=8192, base_shift=0.5, max_shift=0.9, shift=1.0,
+        shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True,
+    )
+    return dict(
+        scheduler=scheduler, vae=vae, text_encoder=_qwen_vl_encoder(seed + 1, tokenizer),
+        tokenizer=tokenizer, transformer=transformer,
+    )
+
+
+def _qwen_image(seed: int):
+    from diffusers import QwenImagePipeline
+
+    return QwenImagePipeline(**_qwen_image_parts(seed))
+
+
+def _qwen_image_edit(seed: int):
+    from diffusers import QwenImageEditPlusPipeline
+    from transformers import Qwen2VLImageProcessorPil
+
+    from darkroom.testing.qwen_vl_processor import Qwen2VLImageProcessorOnly
+
+    parts = _qwen_image_parts(seed)
+    # Few pixels per image for the vision tower (the pipeline hands it 384x384 images):
+    # 112x112 at most, 8x8 patches of 14, 16 tokens after the 2x2 merge. The PIL image
+    # processor and no video processor: transformers 5 builds those only with torchvision.
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    processor = Qwen2VLImageProcessorOnly(image_processor=image_processor, tokenizer=parts["tokenizer"])
+    return QwenImageEditPlusPipeline(**parts, processor=processor)
+
+
 _BUILDERS: dict[str, Callable[[int], Any]] = {
     "flux2": _flux2,
+    "qwen-image": _qwen_image,
+    "qwen-image-edit": _qwen_image_edit,
 }
 
 #: The families ``build_tiny`` knows, by registry ``pipeline =`` value.
