@@ -39,6 +39,10 @@ CASES = {
     # The editing pipeline needs an image; its weights make images from text with QwenImagePipeline.
     "qwen-image-edit": Family("QwenImageEditPlusPipeline", max_images=2, text_to_image_class="QwenImagePipeline",
                               call={"negative_prompt": "blurry", "true_cfg_scale": 4.0}),
+    "z-image": Family("ZImagePipeline", call={"negative_prompt": "blurry", "guidance_scale": 4.0,
+                                              "max_sequence_length": 64}),
+    # The step-distilled [klein] takes no guidance (1.0 says so without a warning).
+    "flux2-klein": Family("Flux2KleinPipeline", max_images=2, call={"guidance_scale": 1.0, "max_sequence_length": 64}),
 }
 
 

@@ -230,10 +230,94 @@ def _qwen_image_edit(seed: int):
     return QwenImageEditPlusPipeline(**parts, processor=processor)
 
 
+def _qwen3_config(tokenizer, layers: int):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _flux_vae(seed: int, latent_channels: int, *, scaling_factor: float, shift_factor: float):
+    """FLUX.1's VAE shape (8x, no quant convs) at toy width: Z-Image, Chroma and SD3 use it."""
+    from diffusers import AutoencoderKL
+
+    return _seeded(seed, lambda: AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    ))
+
+
+def _z_image(seed: int):
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Model
+
+    from darkroom.testing.tiny_tokenizers import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    config = _qwen3_config(tokenizer, 2)  # the pipeline reads the second-to-last hidden state
+    transformer = _seeded(seed + 3, lambda: ZImageTransformer2DModel(
+        in_channels=16,
+        dim=32,
+        n_layers=1,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=TEXT_DIM,
+        axes_dims=[8, 4, 4],  # summing to the head size
+        axes_lens=[1024, 128, 128],
+    ))
+    return ZImagePipeline(
+        scheduler=_flow_scheduler(shift=3.0, use_dynamic_shifting=False),  # Z-Image Turbo's
+        vae=_flux_vae(seed + 2, 16, scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=_seeded(seed + 1, lambda: Qwen3Model(config)),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
+def _flux2_klein(seed: int):
+    from diffusers import Flux2KleinPipeline
+    from transformers import Qwen3ForCausalLM
+
+    from darkroom.testing.tiny_tokenizers import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    config = _qwen3_config(tokenizer, KLEIN_LAYERS)
+    return Flux2KleinPipeline(
+        scheduler=_flow_scheduler(**_FLUX_SHIFTING),
+        vae=_flux2_vae(seed + 2),
+        text_encoder=_seeded(seed + 1, lambda: Qwen3ForCausalLM(config)),
+        tokenizer=tokenizer,
+        transformer=_flux2_transformer(seed + 3, 3 * TEXT_DIM, guidance_embeds=False),
+        is_distilled=True,  # as FLUX.2 [klein] 4B: few steps, no CFG
+    )
+
+
 _BUILDERS: dict[str, Callable[[int], Any]] = {
     "flux2": _flux2,
     "qwen-image": _qwen_image,
     "qwen-image-edit": _qwen_image_edit,
+    "z-image": _z_image,
+    "flux2-klein": _flux2_klein,
 }
 
 #: The families ``build_tiny`` knows, by registry ``pipeline =`` value.
