@@ -43,6 +43,10 @@ CASES = {
                                               "max_sequence_length": 64}),
     # The step-distilled [klein] takes no guidance (1.0 says so without a warning).
     "flux2-klein": Family("Flux2KleinPipeline", max_images=2, call={"guidance_scale": 1.0, "max_sequence_length": 64}),
+    "chroma": Family("ChromaPipeline", call={"negative_prompt": "blurry", "guidance_scale": 4.0,
+                                             "max_sequence_length": 64}),
+    "sd3": Family("StableDiffusion3Pipeline", call={"negative_prompt": "blurry", "guidance_scale": 4.0,
+                                                    "max_sequence_length": 64}),
 }
 
 

@@ -32,18 +32,21 @@ def _seeded(seed: int, make: Callable[[], Any]) -> Any:
     return model.eval() if hasattr(model, "eval") else model
 
 
+#: The 2D VAEs' blocks: four, so 8x like every real one here, at toy width.
+_VAE_BLOCKS = dict(
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 8, 16, 16),
+    layers_per_block=1,
+    norm_num_groups=4,
+)
+
+
 def _flux2_vae(seed: int):
     from diffusers import AutoencoderKLFlux2
 
-    return _seeded(seed, lambda: AutoencoderKLFlux2(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),  # four blocks: 8x, as FLUX.2's VAE
-        layers_per_block=1,
-        latent_channels=4,  # 2x2-patchified to 16 channels for the transformer
-        norm_num_groups=4,
-        sample_size=64,
-    ))
+    # 4 latent channels, 2x2-patchified to the transformer's 16.
+    return _seeded(seed, lambda: AutoencoderKLFlux2(**_VAE_BLOCKS, latent_channels=4, sample_size=64))
 
 
 def _flux2_transformer(seed: int, text_dim: int, *, guidance_embeds: bool):
@@ -253,12 +256,8 @@ def _flux_vae(seed: int, latent_channels: int, *, scaling_factor: float, shift_f
     from diffusers import AutoencoderKL
 
     return _seeded(seed, lambda: AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
+        **_VAE_BLOCKS,
         latent_channels=latent_channels,
-        norm_num_groups=4,
         use_quant_conv=False,
         use_post_quant_conv=False,
         scaling_factor=scaling_factor,
@@ -312,12 +311,119 @@ def _flux2_klein(seed: int):
     )
 
 
+#: T5 v1.1 (gated GELU, relative attention) at toy width: Chroma's and SD3's long-prompt encoder.
+T5_DIM = 32
+
+
+def _t5_encoder(seed: int, tokenizer):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=T5_DIM,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return _seeded(seed, lambda: T5EncoderModel(config))
+
+
+def _chroma(seed: int):
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
+
+    from darkroom.testing.tiny_tokenizers import t5_tokenizer
+
+    tokenizer = t5_tokenizer()
+    transformer = _seeded(seed + 3, lambda: ChromaTransformer2DModel(
+        in_channels=16,  # 2x2 patches of 4 latent channels, packed as in FLUX.1
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=T5_DIM,
+        axes_dims_rope=(4, 6, 6),  # summing to the head size
+        approximator_num_channels=16,
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+    ))
+    return ChromaPipeline(
+        scheduler=_flow_scheduler(**_FLUX_SHIFTING, shift=3.0),
+        vae=_flux_vae(seed + 2, 4, scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=_t5_encoder(seed + 1, tokenizer),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
+#: Hidden size of each tiny CLIP text encoder; SD3 joins both (2 x 16 = T5_DIM) before T5's.
+CLIP_DIM = 16
+
+
+def _clip_encoder(seed: int, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=CLIP_DIM,
+        intermediate_size=32,
+        projection_dim=CLIP_DIM,
+        num_hidden_layers=2,  # SD3 reads the second-to-last hidden state
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return _seeded(seed, lambda: CLIPTextModelWithProjection(config))
+
+
+def _sd3(seed: int):
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from darkroom.testing.tiny_tokenizers import clip_tokenizer, t5_tokenizer
+
+    clip, t5 = clip_tokenizer(), t5_tokenizer()
+    transformer = _seeded(seed + 4, lambda: SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=T5_DIM,
+        caption_projection_dim=16,  # the transformer's width, heads x head size
+        pooled_projection_dim=2 * CLIP_DIM,  # both CLIPs' pooled outputs, joined
+        pos_embed_max_size=32,
+        qk_norm="rms_norm",  # as SD3.5
+    ))
+    return StableDiffusion3Pipeline(
+        scheduler=_flow_scheduler(shift=3.0),
+        vae=_flux_vae(seed + 5, 16, scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=_clip_encoder(seed + 1, clip),
+        tokenizer=clip,
+        text_encoder_2=_clip_encoder(seed + 2, clip),
+        tokenizer_2=clip,
+        text_encoder_3=_t5_encoder(seed + 3, t5),
+        tokenizer_3=t5,
+        transformer=transformer,
+    )
+
+
 _BUILDERS: dict[str, Callable[[int], Any]] = {
     "flux2": _flux2,
     "qwen-image": _qwen_image,
     "qwen-image-edit": _qwen_image_edit,
     "z-image": _z_image,
     "flux2-klein": _flux2_klein,
+    "chroma": _chroma,
+    "sd3": _sd3,
 }
 
 #: The families ``build_tiny`` knows, by registry ``pipeline =`` value.

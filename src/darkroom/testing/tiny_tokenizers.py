@@ -263,3 +263,29 @@ def mistral_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=131072,
         chat_template=MISTRAL_CHAT_TEMPLATE,
     )
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` (lower-cased byte-level BPE with ``</w>`` word ends), 77 tokens long."""
+    from transformers import CLIPTokenizer
+
+    splitter = CLIPTokenizer()
+    vocab, merges = _byte_level_vocab(_corpus_pieces(splitter), suffix="</w>")
+    for token in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[token] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def t5_tokenizer() -> T5Tokenizer:
+    """A ``T5Tokenizer`` (Unigram over ``▁``-marked words): the corpus's words whole, any other
+    ASCII text spelt out letter by letter, other characters ``<unk>`` (as in T5)."""
+    import re
+
+    from transformers import T5Tokenizer
+
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    # Whole words score above any spelling of them in letters, so the Unigram model keeps them.
+    words = sorted(set(re.findall(r"[A-Za-z]+", CORPUS)))
+    pieces += [(prefix + word, -5.0) for word in words for prefix in ("▁", "")]
+    pieces += [(chr(code), -10.0) for code in range(ord("!"), ord("~") + 1)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
