@@ -68,6 +68,29 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return registry
 
 
+FAMILY_STEPS = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_family_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry file with one tiny random-weight model per pipeline family that
+    ``darkroom.testing.tiny_families`` builds: ``fam-<family>``, 2 steps, generating at 64x64."""
+    from darkroom.testing.tiny_families import FAMILIES, build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-families")
+    entries = []
+    for family in FAMILIES:
+        build_tiny(family, root / family)
+        entries.append(f'[models.fam-{family}]\npipeline = "{family}"\npath = "{family}"\n'
+                       f'license = "apache-2.0"\n'
+                       f'[models.fam-{family}.parameters]\n'
+                       f'steps = {{ default = {FAMILY_STEPS}, minimum = 1, maximum = 50 }}\n'
+                       f'[models.fam-{family}.options]\nnative_area = 4096\n')
+    registry = root / "models.toml"
+    registry.write_text("\n".join(entries))
+    return registry
+
+
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A running throwaway PostgreSQL cluster for the session (``darkroom.testing.postgres``).

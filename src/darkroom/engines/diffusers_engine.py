@@ -165,10 +165,19 @@ class DiffusersEngine:
         references = (stitch(job.images),) if job.images and family.stitch_references else job.images
         # Input images are given at the generation's area (their own aspect ratio): at native_area
         # they are as small as the output, not the pipelines' ~1 MP, which costs tokens every step.
-        images = tuple(resize(im.convert("RGB"), *fit_area(im.width, im.height, size[0] * size[1], multiple),
+        images = tuple(resize(im.convert("RGB"), *self._input_size(im, size[0] * size[1], multiple),
                               self.options.upscaler) for im in references)
         alone = not family.batched_prompts or (bool(images) and not family.images_per_prompt)
         return _Plan(index=index, job=job, size=size, images=images, alone=alone)
+
+    def _input_size(self, image: Image.Image, area: int, multiple: int) -> tuple[int, int]:
+        """An input image's size at about ``area`` pixels, no side under the family's minimum (FLUX.2: 64)."""
+        width, height = fit_area(image.width, image.height, area, multiple)
+        short = min(width, height)
+        if short < self.family.min_image_side:
+            grow = self.family.min_image_side / short
+            width, height = fit_area(image.width, image.height, round(width * height * grow * grow), multiple)
+        return width, height
 
     def _groups(self, plans: list[_Plan]) -> list[list[_Plan]]:
         """Jobs that can share one pipeline call, at most ``max_batch`` each, in first-seen order."""

@@ -70,6 +70,7 @@ class Family:
     # Whether input images are given per prompt (a batch of edits with different images can share
     # a call) or per call (the list is one request's references: edits run one request a call).
     images_per_prompt: bool = False
+    min_image_side: int = 0  # input images smaller than this on a side are refused by the pipeline
     negative_prompt: bool = False  # the pipeline takes ``negative_prompt`` (true_cfg / cfg)
     default_negative_prompt: str = ""
     batched_prompts: bool = True  # the pipeline takes a list of prompts (Qwen edit: one at a time)
@@ -129,17 +130,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(
         "flux2", text_to_image="Flux2Pipeline", edit="Flux2Pipeline", guidance_mode="distilled",
         guidance=Range(4.0, 0.0, 20.0), steps=Range(50, 1, 100), max_input_images=8,
-        latent_scaling="batch_norm",
+        latent_scaling="batch_norm", min_image_side=64,
         description="FLUX.2 [dev]: text-to-image and multi-reference editing."),
     Family(
         "flux2-klein", text_to_image="Flux2KleinPipeline", edit="Flux2KleinPipeline", guidance_mode="none",
         guidance=Range(1.0, 1.0, 1.0), steps=Range(4, 1, 50), max_input_images=4,
-        latent_scaling="batch_norm",
+        latent_scaling="batch_norm", min_image_side=64,
         description="FLUX.2 [klein] (step-distilled 4B/9B): text-to-image and multi-reference editing in 4 steps."),
     Family(
         "flux2-klein-base", text_to_image="Flux2KleinPipeline", edit="Flux2KleinPipeline", guidance_mode="cfg",
         guidance=Range(4.0, 1.0, 20.0), steps=Range(50, 1, 100), max_input_images=4,
-        latent_scaling="batch_norm",
+        latent_scaling="batch_norm", min_image_side=64,
         description="FLUX.2 [klein] base (not distilled): classifier-free guidance with an empty negative prompt."),
     Family(
         "qwen-image", text_to_image="QwenImagePipeline", edit=None, guidance_mode="true_cfg",

@@ -28,6 +28,7 @@ Engine options (``[models.<id>.options]`` in the registry file), all optional:
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
@@ -162,6 +163,7 @@ def load_pipeline(spec: ModelSpec, options: EngineOptions, device: torch.device,
                               f"model's options (e.g. text_encoder = \"{PACKAGED_SOURCES[0]}\")",
                               code="model_unavailable")
     components = _load_components(spec, sources, dtype)
+    _import_own_modules(spec)
     try:
         pipe = pipeline_class.from_pretrained(path, dtype=dtype, **components)
     except Exception as exc:  # diffusers/hub raise many types (OSError, ValueError, HTTP errors)
@@ -193,6 +195,19 @@ def _apply_speed_options(pipe: Any, options: EngineOptions, device: torch.device
     they are applied after ``from_pretrained`` and placement."""
     if options.torch_compile:
         pipe.transformer.compile()
+
+
+def _import_own_modules(spec: ModelSpec) -> None:
+    """Import the darkroom modules a local pipeline's ``model_index.json`` names as component
+    libraries (the tests' tiny Qwen-Image-Edit saves its image processor from
+    ``darkroom.testing``): diffusers loads classes only from modules already imported, and never
+    imports one itself. Only darkroom's own package is imported, never a folder's code."""
+    index = Path(spec.path) / "model_index.json"
+    if not spec.is_local or not index.is_file():
+        return
+    for value in json.loads(index.read_text()).values():
+        if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("darkroom."):
+            importlib.import_module(value[0])
 
 
 def _required_text_slots(pipeline_class: type) -> list[str]:
