@@ -95,16 +95,19 @@ def test_prefixes_isolate_stores_in_one_bucket(s3_server) -> None:
 @pytest.mark.s3
 def test_presigned_url_downloads_with_plain_http_and_expires(s3_store: S3BlobStore, s3_server) -> None:
     s3_store.put("results/r/0.jpeg", b"jpeg-bytes", "image/jpeg")
-    url = s3_store.presigned_url("results/r/0.jpeg", 1)
-    assert s3_store.url_for("results/r/0.jpeg", 1).split("?")[0] == url.split("?")[0]
+    url = s3_store.presigned_url("results/r/0.jpeg", 600)
+    assert s3_store.url_for("results/r/0.jpeg", 600).split("?")[0] == url.split("?")[0]
     assert url.startswith(f"{s3_server.endpoint_url}/{s3_store.bucket}/darkroom/test/results/r/0.jpeg?")
     assert "X-Amz-Signature=" in url
     resp = httpx.get(url, timeout=10)
     assert resp.status_code == 200
     assert resp.content == b"jpeg-bytes"
     assert resp.headers["content-type"] == "image/jpeg"
+    # Expiry: a URL that lives 1 s, fetched only once it is surely past (a busy machine can take
+    # longer than 1 s between signing and fetching, so the live fetch above uses a long-lived URL).
+    short = s3_store.presigned_url("results/r/0.jpeg", 1)
     time.sleep(2.5)
-    assert httpx.get(url, timeout=10).status_code == 403
+    assert httpx.get(short, timeout=10).status_code == 403
     # Unsigned: no access.
     assert httpx.get(url.split("?")[0], timeout=10).status_code == 403
 
