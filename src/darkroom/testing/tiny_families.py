@@ -4,14 +4,22 @@
 8-48, one or two transformer blocks, 8x VAEs of 8-16 channels, vocabularies of a few hundred
 tokens from ``tiny_tokenizers``), seeds every component's weights, and saves it with
 ``save_pretrained`` so that the family's pipeline class loads it with ``from_pretrained``,
-offline. Shapes follow the real models wherever the pipeline relies on them (latent packing,
-rope axes summing to the head size, the text-encoder layers a pipeline reads, vision token
-ids), so the real diffusers code paths run, each in well under a second at 64x64 on a CPU.
+offline. The same seed writes the same files. Shapes follow the real models wherever the
+pipeline relies on them (latent packing, rope axes summing to the head size, the text-encoder
+layers a pipeline reads, vision token ids, the template offsets Qwen-Image drops), so the
+pipelines run with their default arguments and real diffusers code paths: 2 steps at 64x64
+take a few hundredths of a second of CPU. Qwen-Image-Edit is the exception: diffusers encodes
+each input image at about a megapixel whatever the output size (2.5 s of CPU per image).
+
+Where transformers 5 needs torchvision (absent here: torch 2.13's CPU build has no matching
+release), a torchvision-free equivalent is saved: FLUX.2 [dev] gets its Mistral tokenizer in
+the ``tokenizer`` slot instead of a ``PixtralProcessor`` (the pipeline's text path only uses its
+chat template), and Qwen-Image-Edit a ``Qwen2VLImageProcessorOnly`` (``qwen_vl_processor``).
 
 Family names are the registry's ``pipeline =`` values:
 
     path = build_tiny("qwen-image-edit", tmp_path / "tiny-qwen-edit")
-    pipe = QwenImageEditPlusPipeline.from_pretrained(path)
+    pipe = QwenImageEditPlusPipeline.from_pretrained(path)  # or QwenImagePipeline, for text only
 """
 
 from __future__ import annotations
@@ -33,13 +41,13 @@ def _seeded(seed: int, make: Callable[[], Any]) -> Any:
 
 
 #: The 2D VAEs' blocks: four, so 8x like every real one here, at toy width.
-_VAE_BLOCKS = dict(
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(8, 8, 16, 16),
-    layers_per_block=1,
-    norm_num_groups=4,
-)
+_VAE_BLOCKS = {
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (8, 8, 16, 16),
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+}
 
 
 def _flux2_vae(seed: int):
@@ -71,9 +79,10 @@ def _flow_scheduler(**config: Any):
 
 
 #: FLUX.1 and FLUX.2 scheduler settings: the shift grows with the image's token count.
-_FLUX_SHIFTING = dict(
-    base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5, max_shift=1.15, use_dynamic_shifting=True
-)
+_FLUX_SHIFTING = {
+    "base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15,
+    "use_dynamic_shifting": True,
+}
 
 #: FLUX.2 [dev] stacks the Mistral hidden states of layers 10, 20 and 30 (FLUX.2 [klein]: 9, 18
 #: and 27 of Qwen3); the tiny encoders are that deep so the pipelines' defaults work unchanged.
@@ -204,10 +213,10 @@ def _qwen_image_parts(seed: int) -> dict[str, Any]:
         base_image_seq_len=256, max_image_seq_len=8192, base_shift=0.5, max_shift=0.9, shift=1.0,
         shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True,
     )
-    return dict(
-        scheduler=scheduler, vae=vae, text_encoder=_qwen_vl_encoder(seed + 1, tokenizer),
-        tokenizer=tokenizer, transformer=transformer,
-    )
+    return {
+        "scheduler": scheduler, "vae": vae, "text_encoder": _qwen_vl_encoder(seed + 1, tokenizer),
+        "tokenizer": tokenizer, "transformer": transformer,
+    }
 
 
 def _qwen_image(seed: int):

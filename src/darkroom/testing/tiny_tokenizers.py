@@ -16,13 +16,19 @@ so the same code always builds the same tokenizer.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from transformers import CLIPTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer, T5Tokenizer
+    from transformers import (
+        CLIPTokenizer,
+        PreTrainedTokenizerFast,
+        Qwen2Tokenizer,
+        T5Tokenizer,
+    )
 
 #: Text the vocabularies are learnt from: the pipelines' prompt templates and system messages
 #: (so those are a few tokens each) and words common in image prompts.
@@ -106,7 +112,7 @@ def train_bpe(words: Counter[tuple[str, ...]], *, min_count: int = 1) -> list[tu
     pairs: Counter[tuple[str, str]] = Counter()
     where: dict[tuple[str, str], set[int]] = {}
     for index, word in enumerate(symbols):
-        for pair in zip(word, word[1:]):
+        for pair in itertools.pairwise(word):
             pairs[pair] += counts[index]
             where.setdefault(pair, set()).add(index)
     heap = [(-count, pair) for pair, count in pairs.items()]
@@ -123,7 +129,7 @@ def train_bpe(words: Counter[tuple[str, ...]], *, min_count: int = 1) -> list[tu
         touched: set[tuple[str, str]] = set()
         for index in sorted(where.pop(pair, ())):
             word, count = symbols[index], counts[index]
-            for old in zip(word, word[1:]):
+            for old in itertools.pairwise(word):
                 pairs[old] -= count
                 touched.add(old)
             new_word, i = [], 0
@@ -135,7 +141,7 @@ def train_bpe(words: Counter[tuple[str, ...]], *, min_count: int = 1) -> list[tu
                     new_word.append(word[i])
                     i += 1
             symbols[index] = new_word
-            for new in zip(new_word, new_word[1:]):
+            for new in itertools.pairwise(new_word):
                 pairs[new] += count
                 touched.add(new)
                 where.setdefault(new, set()).add(index)
