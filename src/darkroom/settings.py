@@ -78,6 +78,9 @@ class Settings(BaseSettings):
                                                       "beside the engine.")
     worker_models: list[str] | None = Field(None, description="Models this worker serves; default all available.")
     device: str | None = Field(None, description="torch device for engines; default cuda if present, else cpu.")
+    vram_budget_gb: float | None = Field(
+        None, gt=0, description="GiB of device memory a worker fills with models; to load another it evicts the least "
+                                "recently used (default: the GPU's memory less 10% or 2 GiB; unlimited on CPU).")
 
     # Moderation and prompt upsampling
     image_moderation: str = Field("auto", description="Image checker: nudenet, fallback, or auto (nudenet if installed).")
