@@ -93,9 +93,8 @@ def serve(
     alias: Optional[list[str]] = Aliases,
 ) -> None:
     """Run the HTTP API (and, by default, a worker process beside it)."""
-    import uvicorn
-
     from darkroom.api import create_app
+    from darkroom.httpserver import build_server
     from darkroom.supervise import WorkerProcess
 
     settings = _with_aliases(_settings(data_dir, models, public_url=public_url), alias)
@@ -117,39 +116,13 @@ def serve(
 
         child = WorkerProcess(args, on_exit=recover)
         child.start()
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
-                            # open event streams must not hold a shutdown (or a restart) hostage
-                            timeout_graceful_shutdown=5)
-    server = _uvicorn_server(config, on_exit=child.stop if child else None)
+    server = build_server(create_app(settings), settings, host=host, port=port,
+                          on_exit=child.stop if child else None)
     try:
         server.run()
     finally:
         if child:
             child.stop()
-
-
-def _uvicorn_server(config, on_exit):  # noqa: ANN001, ANN202 - uvicorn is imported lazily
-    """uvicorn's server, calling ``on_exit`` (stopping the worker child) before the process exits.
-
-    uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, with the default
-    handler, which ends the process before any ``finally`` of ours runs: the worker child
-    was orphaned. ``on_exit`` runs inside uvicorn's signal capture instead.
-    """
-    import contextlib
-
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self):  # noqa: ANN202
-            with super().capture_signals():
-                try:
-                    yield
-                finally:
-                    if on_exit is not None:
-                        on_exit()
-
-    return Server(config)
 
 
 @app.command("worker")

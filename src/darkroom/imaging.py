@@ -60,6 +60,9 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 _UNREADABLE = "is not a readable image (PNG, JPEG, WebP, ...)"
 
+#: A larger JPEG input is decoded at a reduced DCT scale keeping at least this many pixels (4 MP).
+DECODE_AREA = 4 * 1024 * 1024
+
 
 def probe_image(data: bytes, field: str = "payload.input_image", *,
                 max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
@@ -92,6 +95,12 @@ def decode_image(data: bytes, field: str = "payload.input_image", *,
     probe_image(data, field, max_pixels=max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.format == "JPEG" and img.width * img.height > DECODE_AREA:
+                # Engines work at about a megapixel: decode at a DCT scale (1/2, 1/4, 1/8) that
+                # keeps at least DECODE_AREA, not at full size. A few hundred bytes can declare
+                # 8000 x 8000 (libjpeg fills a truncated scan with grey): 192 MB at full size.
+                scale = math.sqrt(DECODE_AREA / (img.width * img.height))
+                img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
             img.load()
             return img.convert("RGB")
     except Image.DecompressionBombError as exc:

@@ -43,6 +43,17 @@ class Settings(BaseSettings):
                                                                          "(width x height, read from its header).")
 
     # Database: the connection pool of each process (PostgreSQL only; SQLite keeps SQLAlchemy's defaults)
+    # The HTTP server's defences against slow or oversized requests: docs/operations.md
+    header_read_timeout_s: float = Field(10.0, gt=0, description="A request's headers must arrive within this "
+                                                                 "(408 and the connection closed).")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request line and headers (431 beyond).")
+    body_read_timeout_s: float = Field(30.0, gt=0, description="A request body must arrive within this, extended "
+                                                               "by a second per body_min_rate_bytes_s received (408).")
+    body_min_rate_bytes_s: int = Field(16 * 1024, ge=1, description="The slowest body upload that is never cut off "
+                                                                   "(bytes per second).")
+    max_connections: int | None = Field(1000, ge=1, description="Open connections (and requests in progress) "
+                                                                "beyond which uvicorn answers 503; None: no limit.")
+
     db_pool_size: int = Field(5, ge=1, description="Connections a process keeps open to PostgreSQL.")
     db_max_overflow: int = Field(10, ge=0, description="Extra PostgreSQL connections a process may open under "
                                                        "load beyond db_pool_size (closed when returned).")

@@ -59,13 +59,14 @@ def test_wait_times_out_with_the_last_status(make_client, server, fx):
     with pytest.raises(WaitTimeout) as info:
         client.wait(fx.REQUEST_ID, timeout=0.1, poll_interval=0.02)
 
-    elapsed = time.monotonic() - started
-    assert 0.1 <= elapsed < 1.0
+    assert time.monotonic() - started >= 0.1  # never before the deadline (no upper bound: machines differ)
     err = info.value
     assert isinstance(err, TimeoutError)
     assert err.request_id == fx.REQUEST_ID and err.timeout == 0.1
     assert err.last.status is Status.QUEUED and err.last.queue_position == 3
-    assert 3 <= len(server.requests) <= 8  # polled on the interval, the last one at the deadline
+    # Polled on the interval, never faster: the first GET, then one after each sleep of 0.02 s (the
+    # last sleep lands on the deadline), however slow the machine makes each of them.
+    assert 1 <= server.count("GET", f"/requests/{fx.REQUEST_ID}") <= 1 + 5 + 1
 
 
 def test_wait_with_no_timeout_polls_until_done(make_client, server, fx):

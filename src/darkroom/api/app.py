@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from darkroom import __version__
 from darkroom.api import admin, bfl, events, media, openai_images, render, requestqueue, web
 from darkroom.api.errors import install_error_handlers
-from darkroom.api.limits import BodySizeLimit
+from darkroom.api.limits import BodyLimits
 from darkroom.domain import Request
 from darkroom.retention import RetentionSweeper
 from darkroom.service import Service
@@ -63,7 +63,8 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.settings = settings
     app.state.hub = hub
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s,
+                       min_rate_bytes_s=settings.body_min_rate_bytes_s)
 
     for prefix in requestqueue.PREFIXES:
         app.include_router(requestqueue.router, prefix=prefix,
