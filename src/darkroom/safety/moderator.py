@@ -70,6 +70,19 @@ class Moderator:
                     self._lexicon = Lexicon.load()
         return self._lexicon
 
+    def import_modules(self) -> None:
+        """Import what loading the classifiers imports, and nothing that needs a model read
+        (profanity-check's classifier, which comes with its module, aside): about half a second,
+        all of it holding the GIL. Call it before ``warm_up`` runs in a thread of its own beside
+        another thread that imports other packages (a worker loading its model): the loads then
+        import nothing, so the two threads never import modules of one package at once, which
+        Python 3.11 can answer with ``_DeadlockError`` in either thread (CPython gh-83065)."""
+        self.lexicon
+        self.encoder.import_modules()
+        self.abuse.load()
+        if isinstance(self.image, NudeNetDetector):
+            self.image.import_modules()
+
     def warm_up(self) -> None:
         """Load every classifier now (a worker calls this at start, off the request path)."""
         self.lexicon

@@ -22,14 +22,16 @@ re-run) from a failure of the COMMIT itself (``CommitUncertain``: it may have be
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
+
+if TYPE_CHECKING:  # imported when a migration has to run: alembic (with mako) costs ~0.5 s to import
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -164,6 +166,8 @@ def run_write(engine: sa.Engine, body: Callable[[sa.Connection], T]) -> T:
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
     """An Alembic config built in code: no alembic.ini is needed, in a checkout or installed."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
@@ -180,11 +184,45 @@ def migrate(engine: sa.Engine) -> None:
     transaction-scoped advisory lock), so the second process waits, then finds the
     schema at head and does nothing. Both backends have transactional DDL here, so a
     failed migration leaves nothing half-applied.
+
+    A database already at the newest revision (every start but the first) is found so with
+    one query, without importing alembic.
     """
+    if _at_head(engine):
+        return
+    from alembic import command
+
     with write_transaction(engine) as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATE_LOCK})
         command.upgrade(alembic_config(conn), "head")
+
+
+def head_revision() -> str | None:
+    """The newest migration's revision, read from the files' ``revision`` and ``down_revision``
+    (no alembic import); None unless there is exactly one head."""
+    revisions: set[str] = set()
+    parents: set[str | None] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        values = {}
+        for node in ast.parse(path.read_text()).body:
+            target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision") and node.value:
+                values[target.id] = ast.literal_eval(node.value)
+        revisions.add(values["revision"])
+        down = values.get("down_revision")
+        parents.update(down if isinstance(down, (tuple, list)) else [down])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(engine: sa.Engine) -> bool:
+    """Whether the schema is at ``head_revision()`` already (False when in doubt: alembic decides)."""
+    head = head_revision()
+    with engine.connect() as conn:
+        if head is None or not sa.inspect(conn).has_table("alembic_version"):
+            return False
+        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
 
 
 def is_sqlite(engine: sa.Engine) -> bool:

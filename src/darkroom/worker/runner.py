@@ -53,6 +53,7 @@ RELOAD_AFTER_S = 60.0  # a model that failed to load is tried again after this
 BUSY_WINDOW_S = 1.0  # a batch with company that ended this recently means requests are arriving
 PREVIEW_EVERY_S = 1.0  # at most one preview a second per request
 PREVIEW_SHARE = 0.2  # and previews take at most about this share of a run's time (a VAE decode is not free)
+LISTEN_SLICE_S = 0.1  # the wake-up thread's longest wait: a drain joins it (a stop waited up to 1 s for it)
 EngineFactory = Callable[[ModelSpec, str | None], Engine]
 
 
@@ -204,7 +205,7 @@ class Worker:
     def _listen(self, listener: Listener, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                for sig in listener.wait(timeout=1.0):
+                for sig in listener.wait(timeout=LISTEN_SLICE_S):
                     self.on_signal(sig.channel, sig.payload)
             except Exception:
                 log.warning("wake-up listener failed; polling every %.1f s until it recovers",
