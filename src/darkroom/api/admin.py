@@ -43,8 +43,8 @@ async def admin_key(key: ApiKey = Depends(bearer_key)) -> ApiKey:
     return key
 
 
-@router.get("/workers", response_model=WorkerList, responses=error_responses(401, 403),
-            summary="List workers: models, device, the requests each holds, last heartbeat")
+@router.get("/workers", response_model=WorkerList, responses=error_responses(401, 403, 503),
+            operation_id="list_workers", summary="List workers: models, device, the requests each holds, last heartbeat")
 async def list_workers(key: ApiKey = Depends(admin_key), service: Service = Depends(get_service)) -> dict[str, Any]:
     workers = await run_in_threadpool(service.store.list_workers)
     now = time.time()

@@ -9,10 +9,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from darkroom import __version__
-from darkroom.api import admin, bfl, events, media, openai_images, render, requestqueue, web
+from darkroom.api import admin, bfl, events, media, openai_images, openapi, render, requestqueue, web
 from darkroom.api.errors import install_error_handlers
 from darkroom.api.limits import BodyLimits
 from darkroom.domain import Request
@@ -81,7 +80,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         service.store.ping()  # not a count: that walks the whole table on PostgreSQL
         return {"status": "ok", "version": __version__, "models": service.registry.ids()}
 
-    app.openapi = lambda: _openapi(app, service)  # type: ignore[method-assign]
+    openapi.install(app, service)  # the registry's payloads and the dialects' bodies: api/openapi.py
     return app
 
 
@@ -102,35 +101,3 @@ def _webhook_dispatcher(service: Service, settings: Settings) -> WebhookDispatch
     # BFL sends the client's secret in X-Webhook-Secret; the body is get_result's answer.
     dispatcher.register("bfl", bfl_result, secret_header=True)
     return dispatcher
-
-
-def _openapi(app: FastAPI, service: Service) -> dict[str, Any]:
-    """The generated schema, with each model's payload spelled out from the registry.
-
-    The payload is validated against the registry at run time, so the document is built
-    from the same parameter specs rather than from a hand-kept pydantic copy.
-    """
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    variants = []
-    for model_id in service.registry.ids():
-        spec = service.registry.get(model_id)
-        name = "Payload_" + "".join(c if c.isalnum() else "_" for c in model_id)
-        components[name] = {
-            "title": f"Payload for {model_id}",
-            "type": "object",
-            "additionalProperties": False,
-            "required": [p.name for p in spec.parameters if p.required],
-            "properties": {p.name: p.json_schema() for p in spec.parameters},
-        }
-        variants.append({"$ref": f"#/components/schemas/{name}"})
-    body = components.get("SubmitBody")
-    if body and variants:
-        body["properties"]["payload"] = {
-            "description": "Generation parameters; which apply depends on `model` (see each Payload_ schema).",
-            "anyOf": variants,
-        }
-    app.openapi_schema = schema
-    return schema

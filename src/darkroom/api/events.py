@@ -180,8 +180,9 @@ def _last_event_id(value: str | None) -> int:
     responses={
         200: {"content": {"text/event-stream": {}},
               "description": "Server-Sent Events: status, progress, preview, done (see docs/events.md)."},
-        **error_responses(401, 404),
+        **error_responses(401, 404, 503),
     },
+    operation_id="request_events",
     summary="Follow one of your requests live (Server-Sent Events)",
 )
 async def request_events(

@@ -12,22 +12,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from darkroom.api import render
+from darkroom.api.body import json_object, validated
 from darkroom.api.deps import base_url, bearer_key, get_service, submit_options
-from darkroom.api.dialect import error_route, log_unexpected, nearest_ratio
+from darkroom.api.dialect import error_route, log_unexpected
+from darkroom.api.openai_params import (
+    Call,
+    ImageParams,
+    OpenAIError,
+    form_params,
+    map_call,
+)
+from darkroom.api.schemas import dialect_error_responses
 from darkroom.domain import ApiKey, Status, SubmitOptions
 from darkroom.domain import Request as QueuedRequest
 from darkroom.engines.params import INPUT_IMAGE_FIELDS
@@ -37,6 +45,7 @@ from darkroom.errors import (
     InvalidField,
     ModelNotFound,
     RateLimited,
+    StoreUnavailable,
     Unauthorized,
 )
 from darkroom.service import Service
@@ -45,37 +54,6 @@ from darkroom.wakeup import AsyncHub
 log = logging.getLogger(__name__)
 
 DIALECT = "openai"
-MAX_N = 4
-MAX_SEED = 2147483647
-LOW_MODERATION_TOLERANCE = 4  # `moderation: "low"`: more permissive than the default 2, not the most
-
-# What the official client may send, and what happens to each: mapped below, or ignored.
-IGNORED = frozenset({
-    "quality", "style", "user", "safety_identifier", "output_compression", "partial_images", "complexity",
-    "input_fidelity", "frame_count", "frame_duration_ms", "svg",
-})
-MAPPED = frozenset({
-    "model", "prompt", "n", "size", "response_format", "output_format", "background", "moderation", "stream",
-    "image", "mask", "markup",
-})
-# darkroom's own payload fields, for callers that want them (extra_body in the client).
-EXTENSIONS = frozenset({"seed", "steps", "guidance", "safety_tolerance", "prompt_upsampling", "aspect_ratio"})
-FORM_INTS = frozenset({"n", "seed", "steps", "safety_tolerance", "output_compression", "partial_images",
-                       "frame_count", "frame_duration_ms"})
-
-
-class OpenAIError(Exception):
-    """An error of this dialect's wire that no darkroom exception describes (an unsupported
-    parameter, a content policy refusal, a timeout); rendered as is by ``openai_error``."""
-
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
-
-
-def unsupported(param: str, message: str) -> OpenAIError:
-    return OpenAIError(400, message, code="unsupported_parameter", param=param)
 
 
 def openai_error(request: Request, exc: Exception) -> Response:
@@ -84,16 +62,10 @@ def openai_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, OpenAIError):
         status, body = exc.status, _error_body(exc.message, exc.kind, exc.param, exc.code)
     elif isinstance(exc, RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        message = f"Invalid value for '{param}': " if param else "Invalid request body: "
-        message += str(first.get("msg", "invalid"))
-        if first.get("type") == "json_invalid":
-            param, message = None, "We could not parse the JSON body of your request."
-        status, body = 400, _error_body(message, "invalid_request_error", param, "invalid_value")
+        status, body = 400, _validation_body(exc)
     elif isinstance(exc, DarkroomError):
         status, body = _darkroom_error(exc)
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, (RateLimited, StoreUnavailable)):
             headers["Retry-After"] = str(exc.retry_after)
         if status >= 500:
             log_unexpected(request, exc)
@@ -101,6 +73,7 @@ def openai_error(request: Request, exc: Exception) -> Response:
         status = 400 if exc.status_code == 422 else exc.status_code
         kind = "server_error" if status >= 500 else "invalid_request_error"
         body = _error_body(str(exc.detail), kind, None, None)
+        headers.update(exc.headers or {})
     else:
         log_unexpected(request, exc)
         status, body = 500, _error_body("The server had an error while processing your request.", "server_error",
@@ -113,6 +86,23 @@ def openai_error(request: Request, exc: Exception) -> Response:
 
 def _error_body(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
+    """A parameter of the wrong type, an unknown or a missing one, as OpenAI words them."""
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    kind = first.get("type")
+    if kind == "extra_forbidden":
+        return _error_body(f"Unknown parameter: '{param}'.", "invalid_request_error", param, "unknown_parameter")
+    if kind == "missing":
+        return _error_body(f"Missing required parameter: '{param}'.", "invalid_request_error", param,
+                           "missing_required_parameter")
+    if kind == "json_invalid":
+        return _error_body("We could not parse the JSON body of your request.", "invalid_request_error", None,
+                           "invalid_value")
+    message = f"Invalid value for '{param}': " if param else "Invalid request body: "
+    return _error_body(message + str(first.get("msg", "invalid")), "invalid_request_error", param, "invalid_value")
 
 
 def _darkroom_error(exc: DarkroomError) -> tuple[int, dict[str, Any]]:
@@ -132,161 +122,14 @@ def _darkroom_error(exc: DarkroomError) -> tuple[int, dict[str, Any]]:
 
 
 def _param(field: str | None) -> str | None:
-    """A darkroom field name as the OpenAI parameter it came from."""
-    if field is None:
+    """A darkroom field name as the OpenAI parameter it came from (the body as a whole: none)."""
+    if field is None or field == "body":
         return None
     name = field.removeprefix("payload.")
     return "image" if name in INPUT_IMAGE_FIELDS else name
 
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Images dialect"], route_class=error_route(openai_error))
-
-
-# -- mapping the wire to payloads ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Call:
-    """One generations/edits call, mapped: the model, ``n`` payloads and how to answer."""
-
-    model: str
-    payloads: list[dict[str, Any]]
-    response_format: str
-    output_format: str
-
-
-def map_call(service: Service, params: dict[str, Any], images: list[bytes] | None = None) -> Call:
-    """The darkroom requests an OpenAI call asks for. ``images`` are an edit's inputs.
-
-    Raises OpenAIError, InvalidField (a type the wire allows but darkroom does not) or
-    ModelNotFound; everything else about the payload is the service's to validate.
-    """
-    for name in params:
-        if name not in IGNORED | MAPPED | EXTENSIONS:
-            raise OpenAIError(400, f"Unknown parameter: '{name}'.", code="unknown_parameter", param=name)
-    if params.get("stream"):
-        raise unsupported("stream", "Streaming is not supported by this server; omit 'stream'.")
-    for name in ("mask", "markup"):
-        if params.get(name) is not None:
-            raise unsupported(name, f"'{name}' is not supported: darkroom edits the whole image from the prompt.")
-    if params.get("background") not in (None, "auto", "opaque"):
-        raise unsupported("background", "Transparent backgrounds are not supported; use 'auto' or 'opaque'.")
-
-    model = params.get("model") or service.registry.default
-    if not model:
-        raise OpenAIError(400, "you must provide a model parameter", code="missing_required_parameter",
-                          param="model")
-    spec = service.registry.get(model)
-    if images is not None and not spec.editing:
-        raise OpenAIError(400, f"Model '{model}' does not edit images; use a Kontext (image-editing) model.",
-                          code="invalid_value", param="model")
-
-    n = _int_in(params.get("n", 1), "n", 1, MAX_N)
-    response_format = params.get("response_format") or "b64_json"
-    if response_format not in ("url", "b64_json"):
-        raise OpenAIError(400, "response_format must be 'url' or 'b64_json'.", code="invalid_value",
-                          param="response_format")
-    output_format = params.get("output_format") or "png"
-    output_format = "jpeg" if output_format == "jpg" else output_format
-    if output_format not in ("png", "jpeg"):
-        raise unsupported("output_format", f"output_format '{output_format}' is not supported; use 'png' or 'jpeg'.")
-
-    payload: dict[str, Any] = {k: params[k] for k in EXTENSIONS if k in params and k != "seed"}
-    payload["prompt"] = params.get("prompt")
-    payload["output_format"] = output_format
-    if "aspect_ratio" not in payload:
-        ratio = _ratio_for(params.get("size"), images)
-        if ratio:
-            payload["aspect_ratio"] = ratio
-    moderation = params.get("moderation")
-    if moderation not in (None, "auto", "low"):
-        raise OpenAIError(400, "moderation must be 'auto' or 'low'.", code="invalid_value", param="moderation")
-    if moderation == "low":
-        payload.setdefault("safety_tolerance", LOW_MODERATION_TOLERANCE)
-    for field, image in zip(INPUT_IMAGE_FIELDS, images or []):
-        payload[field] = base64.b64encode(image).decode()
-    if images is not None and len(images) > len(INPUT_IMAGE_FIELDS):
-        raise OpenAIError(400, f"At most {len(INPUT_IMAGE_FIELDS)} images can be given.", code="invalid_value",
-                          param="image")
-
-    seed = params.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidField("seed", "must be an integer")
-    # Seed 0 lets each request draw its own random seed; a given seed s makes s, s+1, ...
-    payloads = [{**payload, "seed": _nth_seed(seed, i)} for i in range(n)]
-    return Call(model, payloads, response_format, output_format)
-
-
-def _int_in(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise OpenAIError(400, f"'{name}' must be an integer from {low} to {high}.", code="invalid_value",
-                          param=name)
-    return value
-
-
-def _nth_seed(seed: int, i: int) -> int:
-    if seed <= 0 or seed > MAX_SEED:
-        return seed  # 0 (random) as is; out of range is the service's to refuse
-    return (seed - 1 + i) % MAX_SEED + 1
-
-
-def _ratio_for(size: Any, images: list[bytes] | None) -> str | None:
-    """``"WxH"`` -> the nearest aspect ratio; ``auto`` (or none) -> the first input image's, or 1:1."""
-    if size in (None, "auto"):
-        if images:
-            try:
-                from PIL import Image
-
-                with Image.open(io.BytesIO(images[0])) as im:
-                    return nearest_ratio(*im.size)
-            except Exception:
-                return None  # unreadable: the service says so, naming the image
-        return None
-    width, _, height = str(size).lower().partition("x")
-    if not (width.isdigit() and height.isdigit()) or int(width) == 0 or int(height) == 0:
-        raise OpenAIError(400, f"Invalid size '{size}': use 'auto' or 'WIDTHxHEIGHT', e.g. '1024x1024'.",
-                          code="invalid_value", param="size")
-    return nearest_ratio(int(width), int(height))
-
-
-async def form_params(request: Request) -> tuple[dict[str, Any], list[bytes]]:
-    """An edit's multipart fields (numbers and booleans parsed) and its images, in order."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise OpenAIError(400, "Send images/edits as multipart/form-data.", code="invalid_value")
-    form = await request.form(max_files=16, max_fields=64)
-    params: dict[str, Any] = {}
-    images: list[bytes] = []
-    for name, value in form.multi_items():
-        base = name.split("[", 1)[0]  # image, image[], image[0]; svg[model]
-        if base == "image":
-            if not isinstance(value, UploadFile):
-                raise OpenAIError(400, "'image' must be a file.", code="invalid_value", param="image")
-            images.append(await value.read())
-            continue
-        if isinstance(value, UploadFile):
-            params[base] = True  # mask or markup: present (and refused); other files are unknown
-            continue
-        params[base] = _form_value(base, value)
-    if not images:
-        raise OpenAIError(400, "Missing required parameter: 'image'.", code="missing_required_parameter",
-                          param="image")
-    return params, images
-
-
-def _form_value(name: str, value: str) -> Any:
-    if name in FORM_INTS:
-        try:
-            return int(value)
-        except ValueError:
-            raise OpenAIError(400, f"'{name}' must be an integer.", code="invalid_value", param=name) from None
-    if name == "guidance":
-        try:
-            return float(value)
-        except ValueError:
-            raise OpenAIError(400, "'guidance' must be a number.", code="invalid_value", param=name) from None
-    if name in ("prompt_upsampling", "stream"):
-        return value.strip().lower() == "true"
-    return value
 
 
 # -- running a call ---------------------------------------------------------------------------
@@ -382,25 +225,88 @@ def _answer(service: Service, base: str, call: Call, finished: list[QueuedReques
 
 # -- routes -----------------------------------------------------------------------------------
 
-IMAGES_RESPONSE = {"description": "`{created, data: [{url | b64_json, revised_prompt}]}` (OpenAI's ImagesResponse)."}
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, requests (429) or server_error.")
+    param: str | None = Field(description="The parameter at fault, if one is.")
+    code: str | None = Field(description="invalid_value, unknown_parameter, unsupported_parameter, "
+                                         "missing_required_parameter, invalid_input_image, content_policy_violation, "
+                                         "invalid_api_key, model_not_found, rate_limit_exceeded, timeout, ...")
 
 
-@router.post("/images/generations", responses={200: IMAGES_RESPONSE},
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
+
+
+class ImageData(BaseModel):
+    url: str | None = Field(None, description="With response_format url: a signed, expiring URL.")
+    b64_json: str | None = Field(None, description="With response_format b64_json (the default): the image.")
+    revised_prompt: str | None = Field(None, description="The prompt as run (after upsampling).")
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    output_format: str
+    size: str
+    background: str
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: str
+    created: int
+    owned_by: str
+
+
+class ModelObjectList(BaseModel):
+    object: str
+    data: list[ModelObject]
+
+
+_OPENAI_STATUSES: dict[int, str] = {
+    400: "Invalid, unknown, unsupported or missing parameter; invalid input image; content policy violation.",
+    401: "Missing or invalid API key (invalid_api_key).",
+    403: "priority high without the grant (priority_not_allowed).",
+    404: "No model by that name (model_not_found).",
+    409: "The Idempotency-Key was used with another body, or a request was cancelled elsewhere.",
+    415: "The body is not sent as the route takes it (unsupported_media_type).",
+    429: "Over a per-key limit (rate_limit_exceeded); see Retry-After.",
+    500: "Image generation failed (engine_error, worker_lost, out_of_memory, ...).",
+    503: "The database is unreachable (store_unavailable); see Retry-After.",
+    504: "The images were not ready within the server's wait (timeout); their requests were cancelled.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return dialect_error_responses(OpenAIErrorBody, _OPENAI_STATUSES, codes)
+
+
+CALL_ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 415, 429, 500, 503, 504)
+
+
+@router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True,
+             responses=CALL_ERRORS, operation_id="openai_create_images",
              summary="Generate images and wait for them (OpenAI Images)")
 async def create_images(
     request: Request,
-    body: dict[str, Any] = Body(..., description="OpenAI's image generation parameters (see docs/dialects.md)."),
     key: ApiKey = Depends(bearer_key),
+    body: dict[str, Any] = Depends(json_object),
     options: SubmitOptions = Depends(submit_options),
     service: Service = Depends(get_service),
     base: str = Depends(base_url),
 ) -> dict[str, Any]:
-    call = map_call(service, body)
+    """OpenAI's image generation parameters, and darkroom's payload fields as extensions (one
+    body schema per model in the OpenAPI document; see docs/dialects.md)."""
+    params = validated(ImageParams, body).model_dump(exclude_unset=True)
+    call = await run_in_threadpool(map_call, service, params)
     return await run_call(request, service, key, options, base, call)
 
 
-@router.post("/images/edits", responses={200: IMAGES_RESPONSE},
-             summary="Edit images with a Kontext model and wait (OpenAI Images, multipart)")
+@router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
+             responses=CALL_ERRORS, operation_id="openai_edit_images",
+             summary="Edit images with an image-editing model and wait (OpenAI Images, multipart)")
 async def edit_images(
     request: Request,
     key: ApiKey = Depends(bearer_key),
@@ -408,7 +314,10 @@ async def edit_images(
     service: Service = Depends(get_service),
     base: str = Depends(base_url),
 ) -> dict[str, Any]:
-    params, images = await form_params(request)
+    """A multipart/form-data body: ``image`` (one or more files), ``prompt`` and the other
+    parameters as text parts (see docs/dialects.md)."""
+    form, images = await form_params(request)
+    params = validated(ImageParams, form).model_dump(exclude_unset=True)
     call = await run_in_threadpool(map_call, service, params, images)
     return await run_call(request, service, key, options, base, call)
 
@@ -417,15 +326,16 @@ def _model_object(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "darkroom"}
 
 
-@router.get("/models", summary="Models and their aliases (OpenAI's model list)")
+@router.get("/models", response_model=ModelObjectList, responses=error_responses(401, 503),
+            operation_id="openai_list_models", summary="Models and their aliases (OpenAI's model list)")
 def list_models(key: ApiKey = Depends(bearer_key), service: Service = Depends(get_service)) -> dict[str, Any]:
     data = [_model_object(name, spec.created_at)
             for spec in service.registry.models.values() for name in (spec.id, *spec.aliases)]
     return {"object": "list", "data": data}
 
 
-@router.get("/models/{model}", summary="One model (OpenAI's model object)")
+@router.get("/models/{model}", response_model=ModelObject, responses=error_responses(401, 404, 503),
+            operation_id="openai_get_model", summary="One model (OpenAI's model object)")
 def get_model(model: str, key: ApiKey = Depends(bearer_key), service: Service = Depends(get_service)) -> dict:
     spec = service.registry.get(model)
     return _model_object(model, spec.created_at)
-

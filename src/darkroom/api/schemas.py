@@ -123,6 +123,14 @@ class ParameterRecord(BaseModel):
     constraints: dict[str, Any]
 
 
+class Modalities(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input: list[str] = Field(description="text, and image for models that take input images.")
+    output: list[str]
+    max_input_images: int | None = Field(None, description="How many input images the model takes (0: none).")
+
+
 class ModelRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -130,7 +138,7 @@ class ModelRecord(BaseModel):
     brief_description: str
     detailed_description: str
     model_type: str
-    modalities: dict[str, list[str]]
+    modalities: Modalities
     parameters: list[ParameterRecord]
     tags: list[str]
     aliases: list[str]
@@ -146,19 +154,52 @@ class ModelList(BaseModel):
     models: list[ModelRecord]
 
 
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "description": "Seconds to wait."}}
+
+#: Answers given before any route runs, so in this shape whatever the dialect: the router's 405
+#: and the body limits' 408 and 413 (``api/limits.py``).
+SHARED_RESPONSES: dict[int, dict[str, Any]] = {
+    405: {"model": ErrorResponse, "description": "No route takes this method at this path (method_not_allowed); "
+                                                 "Allow lists those that do.",
+          "headers": {"Allow": {"schema": {"type": "string"}, "description": "The methods this path takes."}}},
+    408: {"model": ErrorResponse, "description": "The body did not arrive in time (request_timeout); "
+                                                 "the connection is closed."},
+    413: {"model": ErrorResponse, "description": "Body or input image too large (payload_too_large)."},
+}
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Missing or invalid API key (unauthorized)."},
-    403: {"model": ErrorResponse, "description": "Not allowed for this key (priority_not_allowed)."},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key (unauthorized).",
+          "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}},
+    403: {"model": ErrorResponse, "description": "Not allowed for this key (priority_not_allowed, admin_required)."},
     404: {"model": ErrorResponse, "description": "Unknown model or request (model_not_found, request_not_found)."},
     409: {"model": ErrorResponse,
           "description": "Illegal state change (invalid_state), or an Idempotency-Key reused with another body "
                          "(idempotency_conflict)."},
-    413: {"model": ErrorResponse, "description": "Body or image too large (payload_too_large)."},
-    422: {"model": ErrorResponse, "description": "Invalid field (invalid_field, invalid_input_image)."},
+    **SHARED_RESPONSES,
+    415: {"model": ErrorResponse, "description": "The body is not sent as application/json (unsupported_media_type)."},
+    422: {"model": ErrorResponse, "description": "Invalid body or field (invalid_field, invalid_input_image, "
+                                                 "url_not_allowed); field names it."},
     429: {"model": ErrorResponse, "description": "Over a per-key limit (rate_limited); see Retry-After.",
-          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}},
+          "headers": RETRY_AFTER},
+    503: {"model": ErrorResponse, "description": "The database is unreachable (store_unavailable); see Retry-After.",
+          "headers": RETRY_AFTER},
 }
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: ERROR_RESPONSES[c] for c in codes}
+
+
+def dialect_error_responses(shape: type[BaseModel], descriptions: dict[int, str],
+                            codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for ``codes`` in a dialect's error ``shape`` (405, 408 and 413: the
+    request-queue shape, whatever the dialect: SHARED_RESPONSES); 429 and 503 carry Retry-After."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        if code in SHARED_RESPONSES:
+            out[code] = SHARED_RESPONSES[code]
+            continue
+        out[code] = {"model": shape, "description": descriptions[code]}
+        if code in (429, 503):
+            out[code]["headers"] = RETRY_AFTER
+    return out
