@@ -139,13 +139,15 @@ def quiet_libraries(*, expected: bool = True) -> Iterator[None]:
 def one_shot_collector() -> Iterator[None]:
     """The cyclic garbage collector paused for a one-shot generation, whose process ends with it.
 
-    Importing torch, diffusers and transformers and loading a pipeline makes objects by the
-    million that live as long as the process: the collector's passes over them (nine full
-    ones in a cold run, the engine's own ``gc.collect()`` on close among them) freed nothing
-    and cost more than a second of it (bench/cold_generate.py). Reference counting still frees
-    everything that is not in a cycle. On the way out the survivors are frozen (``gc.freeze``)
-    so that the collections still to come (the engine's close, the interpreter's exit) skip
-    them; ``generate_local`` freezes them before it stops its worker for the same reason.
+    Importing torch, diffusers and transformers and loading a pipeline makes objects that live
+    as long as the process, and the collector walks them again and again: in a cold run with
+    the tiny test model, 1,500 passes (nine full ones, the engine's own ``gc.collect()`` on close
+    among them) took 1.9 s of a loaded 2-core machine to find some 15,000 objects in cycles.
+    Paused, reference counting still frees everything else and those cycles wait for the exit
+    (darkroom-mini's cold run: peak RSS 837 MiB against 816, bench/cold_generate.py). On the way
+    out the survivors are frozen (``gc.freeze``) so that the collections still to come (the
+    engine's close, the interpreter's exit) skip them; ``generate_local`` freezes them before it
+    stops its worker for the same reason.
     """
     was_enabled = gc.isenabled()
     gc.disable()

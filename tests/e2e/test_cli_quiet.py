@@ -46,6 +46,19 @@ def test_one_shot_generate_prints_only_its_progress_and_result(tmp_path: Path, t
     assert "local-cli" not in keys.stdout and "no keys yet" in keys.stdout
 
 
+def test_one_shot_generate_imports_no_http_layer(tmp_path: Path, tiny_models: Path) -> None:
+    # The in-process path needs the store, the worker and the engine: never the API or its server.
+    env = darkroom_env(tmp_path / "data", tiny_models, DARKROOM_IMAGE_MODERATION="fallback")
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "darkroom.cli", "generate", "a red circle",
+                           "-o", str(tmp_path / "out.png"), "--model", "tiny"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "darkroom.worker.runner" in imported and "torch" in imported  # the listing is complete
+    assert not {m for m in imported if m.split(".")[0] in ("fastapi", "starlette", "uvicorn")}
+    assert not {m for m in imported if m.startswith("darkroom.api")}
+
+
 def test_verbose_generate_logs_on_lines_of_their_own(tmp_path: Path, tiny_models: Path) -> None:
     # FORCE_COLOR makes rich draw the live bar (carriage returns, erase-line codes) as in a terminal:
     # every log record must still start a line of its own, never continue the bar's.
