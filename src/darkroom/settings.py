@@ -10,6 +10,7 @@ import base64
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +93,9 @@ class Settings(BaseSettings):
     vram_budget_gb: float | None = Field(
         None, gt=0, description="GiB of device memory a worker fills with models; to load another it evicts the least "
                                 "recently used (default: the GPU's memory less 10% or 2 GiB; unlimited on CPU).")
+    vram_evict: Literal["offload", "drop"] = Field(
+        "offload", description="What eviction does with a model: offload (to CPU memory; its next use is a copy back) "
+                               "or drop (freed; its next use loads it again: for hosts short of CPU memory too).")
 
     # Moderation and prompt upsampling
     image_moderation: str = Field("auto", description="Image checker: nudenet, fallback, or auto (nudenet if installed).")

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from darkroom.engines.accel import reset_step_cache
 from darkroom.engines.base import GenerationJob, GenerationResult, StepCallback, takes_preview
 from darkroom.engines.loader import EngineOptions, load_pipeline, parse_options, resolve_device, resolve_dtype
 from darkroom.engines.previews import (
@@ -47,6 +48,7 @@ from darkroom.engines.previews import (
     vae_grid,
 )
 from darkroom.engines.registry import ModelSpec
+from darkroom.engines.residency import SharedComponents
 from darkroom.engines.resize import resize
 from darkroom.engines.sampling import job_generators
 from darkroom.engines.sizing import fit_area, stitch
@@ -80,12 +82,15 @@ class DiffusersEngine:
         spec: the registry entry (``pipeline`` names the family, ``options`` as in
             ``darkroom.engines.loader``).
         device: a torch device string; default CUDA when available, else CPU.
+        shared: text encoders are loaded through it, shared with the other models that use it
+            (``darkroom.engines.loader``, "Shared components"); None: this model's own.
 
     Raises:
-        EngineError(code="model_unavailable"): ``spec.options`` is invalid.
+        EngineError(code="model_unavailable"): ``spec.options`` is invalid (speed options included).
     """
 
-    def __init__(self, spec: ModelSpec, device: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, device: str | None = None, *,
+                 shared: SharedComponents | None = None) -> None:
         self.model_id = spec.id
         self.spec = spec
         self.family = spec.family
@@ -96,6 +101,7 @@ class DiffusersEngine:
                               f"takes its guidance as {self.family.guidance_mode}", code="model_unavailable")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.options, self.device)
+        self.shared = shared
         self._pipe: Any = None
         self._projection: Projection | None = None
 
@@ -103,11 +109,18 @@ class DiffusersEngine:
     def loaded(self) -> bool:
         return self._pipe is not None
 
+    @property
+    def pipeline(self) -> Any:
+        """The loaded diffusers pipeline; None before ``load()`` and after ``close()``. For the
+        residency manager (which moves its components) and for inspection; calling it directly
+        bypasses the engine's seeds, noise and cancel."""
+        return self._pipe
+
     def load(self) -> None:
         """Load the pipeline once. Raises EngineError(code="model_unavailable") if it cannot."""
         if self._pipe is not None:
             return
-        pipe = load_pipeline(self.spec, self.options, self.device, self.dtype)
+        pipe = load_pipeline(self.spec, self.options, self.device, self.dtype, self.shared)
         if self.family.step_callback and preview_mode(pipe, self.options.preview) == "projection":
             self._projection = fit_projection(self.family, pipe)
         self._pipe = pipe
@@ -234,11 +247,20 @@ class DiffusersEngine:
             with job_generators(pipe, generators):  # stochastic schedulers: per-job noise (see sampling.py)
                 images = pipe(**kwargs).images
         except torch.OutOfMemoryError as exc:  # torch.cuda.OutOfMemoryError is this class
+            reset_step_cache(pipe)
             self._free_memory()
             raise EngineError(f"out of memory: {exc}", code="out_of_memory") from exc
         except Exception as exc:
+            reset_step_cache(pipe)
             raise EngineError(str(exc) or type(exc).__name__, code="engine_error") from exc
         if callback_error:
+            # The step cache resets itself when a call ends, stopped ones included; an error in
+            # the callback ended this one early all the same. Out of memory there (a preview's
+            # VAE decode on the GPU) is the run's, like any other.
+            if isinstance(callback_error[0], torch.OutOfMemoryError):
+                self._free_memory()
+                raise EngineError(f"out of memory: {callback_error[0]}",
+                                  code="out_of_memory") from callback_error[0]
             raise callback_error[0]
 
         upscaler = self.options.upscaler

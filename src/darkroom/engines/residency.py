@@ -14,12 +14,12 @@ many pipelines hold it. Before a model's first load only an estimate is known: t
 CUDA, loading is also measured (``torch.cuda.memory_allocated`` before and after): what it
 allocated beyond its weights (a workspace, say) is remembered and counted with the model.
 
-Shared components. Two models whose text encoder comes from the same source (the same folder
-and subfolder, or the same packaged source) should hold one copy: ``SharedComponents`` hands
-the loader the same object for the same (source, dtype, device). It keeps weak references, so
-a component lives exactly as long as some pipeline holds it; eviction asks ``users()`` (the
-resident pipelines holding a component, a reference count by identity) and never moves one
-that a resident model still uses.
+Shared components. Two models whose text encoder comes from the same source (the same files,
+or the same packaged source) should hold one copy: ``SharedComponents`` hands the loader the
+same object for the same (source, dtype, device); ``ComponentKey.of_files`` says when two
+folders are the same source. It keeps weak references, so a component lives exactly as long as
+some pipeline holds it; eviction asks ``users()`` (the resident pipelines holding a component,
+a reference count by identity) and never moves one that a resident model still uses.
 
 Out of memory. ``on_oom(model_id)`` evicts every other model and returns cached blocks to the
 driver, so the worker fails that request (``out_of_memory``) and keeps serving.
@@ -30,16 +30,21 @@ Not thread-safe by design beyond its own lock: one worker thread drives the engi
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
+import os
+import re
 import struct
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from darkroom.errors import EngineError
 
 if TYPE_CHECKING:
     import torch
@@ -48,10 +53,15 @@ logger = logging.getLogger(__name__)
 
 EVICT_POLICIES = ("offload", "drop")
 GIB = 1 << 30
+#: How many of the latest loads, moves and evictions ``Residency.history`` keeps.
+HISTORY_LENGTH = 1000
 #: On CUDA the default budget leaves this much of the device free for activations, the CUDA
 #: context and other processes: the larger of 2 GiB and 10% of the device.
 MIN_MARGIN_BYTES = 2 * GIB
 MARGIN_FRACTION = 0.10
+
+#: A Hugging Face cache blob's name: the sha256 of an LFS file's content, the git sha1 of another's.
+_HUB_BLOB = re.compile(r"[0-9a-f]{64}|[0-9a-f]{40}")
 
 T = TypeVar("T")
 
@@ -126,6 +136,9 @@ class Residency:
         self.evict_policy = evict
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
+        #: What happened, oldest first: ("load" | "restore" | "evict" | "oom", model id); "restore"
+        #: is a model evicted to CPU memory moved back, "oom" an ``on_oom`` for that model.
+        self.history: deque[tuple[str, str]] = deque(maxlen=HISTORY_LENGTH)
 
     # -- what is where ---------------------------------------------------------------------
 
@@ -183,7 +196,9 @@ class Residency:
         budget is a policy, the device may still hold it): a warning says so.
 
         Raises:
-            Whatever ``engine.load()`` raises (EngineError(code="model_unavailable")).
+            Whatever ``engine.load()`` raises (EngineError(code="model_unavailable"));
+            EngineError(code="out_of_memory"): the device ran out of memory moving the model
+                back (the model is left in CPU memory, not resident).
         """
         with self._lock:
             entry = self._entries.get(engine.model_id)
@@ -200,8 +215,11 @@ class Residency:
                                                         if e.on_device)}
             if not engine.loaded:
                 engine.load()
-            elif not _self_offloaded(engine.pipeline):
-                engine.pipeline.to(self.device)  # back from CPU memory
+                self.history.append(("load", engine.model_id))
+            else:
+                if not _self_offloaded(engine.pipeline):
+                    self._restore(engine)
+                self.history.append(("restore", engine.model_id))
             entry.on_device = True
             entry.estimate = None
             if before is not None:
@@ -231,6 +249,7 @@ class Residency:
             else:
                 for component in self.movable(model_id, for_model):
                     component.to("cpu")
+            self.history.append(("evict", model_id))
             logger.info("evicted %s (%s)", model_id, self.evict_policy)
         self._free_cached()
 
@@ -243,6 +262,7 @@ class Residency:
         """After CUDA ran out of memory running ``model_id``: evict every other model and return
         cached blocks to the driver, so that the next request has the most room."""
         with self._lock:
+            self.history.append(("oom", model_id))
             for other in self.resident():
                 if other != model_id:
                     self.evict(other)
@@ -250,6 +270,19 @@ class Residency:
         self._free_cached()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _restore(self, engine: ResidentEngine) -> None:
+        """Move an evicted model back from CPU memory; on out of memory, move it all back out."""
+        import torch
+
+        try:
+            engine.pipeline.to(self.device)
+        except torch.OutOfMemoryError as exc:
+            for component in self.movable(engine.model_id):  # not on_device: others' stay put
+                component.to("cpu")
+            self._free_cached()
+            raise EngineError(f"out of memory moving {engine.model_id} onto {self.device}: {exc}",
+                              code="out_of_memory") from exc
 
     def _needed_bytes(self, entry: _Entry) -> int:
         """Bytes ``entry``'s model will add on the device: its tensors not already there, or the estimate."""
@@ -332,6 +365,30 @@ class ComponentKey:
         """The key of ``folder/subfolder``; symbolic links resolved, so two models whose folders
         link to one download share it."""
         return cls(source=str(Path(folder).resolve()), subfolder=subfolder, dtype=str(dtype), device=str(device))
+
+    @classmethod
+    def of_files(cls, folder: str | Path, kind: str, dtype: Any, device: Any) -> ComponentKey:
+        """The key of the component saved in ``folder`` (a pipeline's ``text_encoder_2``, say),
+        loaded as ``kind`` (its class): equal when the folders hold the same files.
+
+        "The same files" is decided without reading them: each file (by its path inside the
+        folder) is the same file on disk (device and inode, after symbolic links: two models
+        pointing at one folder, or folders of links or hard links to one download), or a
+        Hugging Face cache blob of the same name, which is the content's hash (two hub
+        downloads of one T5). Equal copies elsewhere count as different: comparing contents
+        means reading them, gigabytes for a T5-XXL, as dear as loading a second copy.
+        The slot's name is not part of the key: SD3's ``text_encoder_3`` may be FLUX's
+        ``text_encoder_2``.
+        """
+        folder = Path(folder)
+        identity = hashlib.sha256(kind.encode())
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            real = path.resolve()
+            stat = os.stat(real)
+            same = (f"blob:{real.name}" if real.parent.name == "blobs" and _HUB_BLOB.fullmatch(real.name)
+                    else f"file:{stat.st_dev}:{stat.st_ino}:{stat.st_mtime_ns}")
+            identity.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{same}\n".encode())
+        return cls(source=f"files:{identity.hexdigest()}", subfolder=None, dtype=str(dtype), device=str(device))
 
     @classmethod
     def of_package(cls, source: str, dtype: Any, device: Any) -> ComponentKey:

@@ -3,7 +3,10 @@
 Order of business, and why:
 
 1. Engines load (and warm) before the worker registers or claims anything: a load can
-   take minutes, and a claimed request's lease must not lapse behind it.
+   take minutes, and a claimed request's lease must not lapse behind it. The models share
+   the device within a memory budget (``engines.residency``: least recently used out first,
+   to CPU memory or dropped) and share the text encoders they have in common; a model is put
+   back on the device right before it generates.
 2. An idle worker sleeps until a wake-up (``darkroom.wakeup``: a submit, a requeue)
    or the slow safety-net poll (``poll_interval_s``), then claims at once.
 3. A claim takes up to ``max_batch`` requests that can share one pipeline call (same
@@ -30,11 +33,13 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from darkroom.domain import Request
 from darkroom.engines import create_engine
 from darkroom.engines.base import Engine, GenerationJob, GenerationResult, Preview
 from darkroom.engines.registry import ModelSpec, Registry, load_registry
+from darkroom.engines.residency import Residency, SharedComponents, default_budget, estimate_weights_bytes
 from darkroom.errors import EngineError
 from darkroom.prompts import PromptUpsampler
 from darkroom.safety import Moderator, SentenceEncoder
@@ -57,13 +62,18 @@ LISTEN_SLICE_S = 0.1  # the wake-up thread's longest wait: a drain joins it (a s
 EngineFactory = Callable[[ModelSpec, str | None], Engine]
 
 
+def default_device(device: str | None) -> str:
+    """The given torch device, else CUDA when available, else CPU (as the engines choose)."""
+    if device is not None:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def device_defaults(device: str | None) -> tuple[int, float]:
     """(max_batch, batch_wait_ms) for a device: a GPU gains much more from batching than a CPU."""
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return (8, 25.0) if device.startswith("cuda") else (4, 10.0)
+    return (8, 25.0) if default_device(device).startswith("cuda") else (4, 10.0)
 
 
 @dataclass
@@ -93,14 +103,19 @@ class Worker:
         *,
         moderator: Moderator,
         upsampler: PromptUpsampler,
-        engine_factory: EngineFactory = create_engine,
+        engine_factory: EngineFactory | None = None,
         worker_id: str | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
-        self.engine_factory = engine_factory
+        device = default_device(settings.device)
+        # One set of shared components and one budget for every model this worker serves.
+        self.shared = SharedComponents()
+        self.residency = Residency(device, budget_bytes=default_budget(device, settings.vram_budget_gb),
+                                   evict=settings.vram_evict)
+        self.engine_factory: EngineFactory = engine_factory or partial(create_engine, shared=self.shared)
         self.worker_id = worker_id or settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.retry = retry or RetryPolicy()
         self.engines: dict[str, Engine] = {}
@@ -155,14 +170,31 @@ class Worker:
         t0 = time.time()
         try:
             engine = self.engine_factory(spec, self.settings.device)
-            engine.load()
+            self._put_on_device(engine, spec)
         except EngineError as exc:
             self.broken[spec.id] = (exc, time.monotonic())
+            self.residency.forget(spec.id)
             raise
         self.broken.pop(spec.id, None)
         self.engines[spec.id] = engine
         log.info("loaded %s in %.1f s", spec.id, time.time() - t0)
         return engine
+
+    def _put_on_device(self, engine: Engine, spec: ModelSpec | None = None) -> None:
+        """Load ``engine``'s model, or put it back on the device, within the residency budget.
+        Engines that do not expose their pipeline (``pipeline``, ``loaded``) are loaded and left
+        alone. ``spec``: for the size estimate of a first load."""
+        if not (hasattr(engine, "pipeline") and hasattr(engine, "loaded")):
+            engine.load()
+            return
+        estimate = None
+        if spec is not None and spec.is_local and not engine.loaded:
+            dtype = getattr(engine, "dtype", None)
+            try:
+                estimate = estimate_weights_bytes(spec.path, getattr(dtype, "itemsize", None))
+            except (OSError, ValueError, KeyError) as exc:  # unreadable headers: the load will say
+                log.debug("no size estimate for %s: %s", spec.id, exc)
+        self.residency.use(engine, estimate_bytes=estimate)  # type: ignore[arg-type]
 
     # -- housekeeping ---------------------------------------------------------------------
 
@@ -307,9 +339,14 @@ class Worker:
 
         jobs: list[GenerationJob] = [t.job for t in tasks if t.job is not None]
         try:
+            self._put_on_device(engine)
             # Upscaling to the asked size happens in the publish pool, beside the next batch.
             results = engine.generate(jobs, on_step, defer_resize=True)
         except EngineError as exc:
+            if exc.code == "out_of_memory":
+                # These requests fail; the next ones get the device to this model alone.
+                log.warning("out of memory running %s: evicting the other models", engine.model_id)
+                self.residency.on_oom(engine.model_id)
             for task in tasks:
                 self._end(task, exc.code, exc.message)
             return
