@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -84,16 +83,3 @@ def test_long_prompt_is_scored_by_clause(moderator):
     filler = "a sunny meadow with wildflowers and butterflies, " * 30
     verdict = moderator.check_text(filler + "and a decapitated head lying on the ground", 2)
     assert not verdict.allowed
-
-
-def test_text_check_is_fast_after_warm_up(moderator, one_torch_thread):
-    prompt = "a photographer shooting a portrait of a woman in a studio with soft light"
-    moderator.check_text(prompt, 2)
-    timings = []
-    for _ in range(5):
-        started = time.perf_counter()
-        moderator.check_text(prompt, 2)
-        timings.append(time.perf_counter() - started)
-    # Target: well under 100 ms on the worker's 2-core CPU (about 30 ms measured single-threaded);
-    # the bound is loose because CI machines may be shared.
-    assert min(timings) < 0.25

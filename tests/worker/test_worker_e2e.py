@@ -1,8 +1,9 @@
 """Wake-ups, pushed events and batches through real servers and worker processes on loopback.
 
-Timing is asserted only against the safety-net intervals, set long here (30 s): a request
-that an idle worker claims in well under that, or an events stream that delivers
-``success`` in well under that, was woken, not found by a poll.
+The safety nets (the worker's poll, the events stream's re-read) are set to an hour here, far
+beyond every wait of these tests: a request that an idle worker claims, or an events stream
+that delivers ``success``, within the tests' waits was woken, not found by a poll. Nothing
+asserts how fast; the outcome timings are printed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PIL import Image
 from darkroom.testing.api import BASE, Api, start_deployment
 from darkroom.testing.server import Process, Server, create_key, darkroom_env, wait_for
 
-SAFETY_NET_S = "30"
+SAFETY_NET_S = "3600"
 SLOW = {"DARKROOM_POLL_INTERVAL_S": SAFETY_NET_S, "DARKROOM_EVENTS_POLL_S": SAFETY_NET_S}
 
 
@@ -51,15 +52,12 @@ def _claim_delays(api: Api, n: int = 3, model: str = "tiny") -> list[float]:
     each request's recorded claim delay (outcome timings.queued_ms), in seconds."""
     delays = []
     for i in range(n):
-        time.sleep(0.3 + 0.2 * i)  # the worker is idle, asleep on its 30 s safety net
+        time.sleep(0.3 + 0.2 * i)  # the worker goes idle, asleep on its hour-long safety net
         submitted = api.submit(model, seed=i + 1)
-        started = time.monotonic()
+        # The stream sees success within _follow's wait, long before its own safety-net re-read.
         names, done = _follow(api, submitted["request_id"])
-        followed = time.monotonic() - started
         assert done["status"] == "success", done
         assert "status" in names and names[-1] == "done"
-        # The stream saw success long before its own 30 s safety-net read could have.
-        assert followed < float(SAFETY_NET_S) / 3, f"SSE took {followed:.1f} s"
         delays.append(done["outcome"]["timings"]["queued_ms"] / 1000)
     return delays
 
@@ -71,7 +69,7 @@ def test_an_idle_worker_is_woken_by_a_submit_sqlite(tmp_path: Path, tiny_models:
         delays = _claim_delays(dep.a)
     finally:
         dep.server.stop()
-    assert max(delays) < float(SAFETY_NET_S) / 10, delays
+    print("claim delays (s):", delays)  # woken: a poll would have claimed them after an hour
 
 
 @pytest.mark.postgres
@@ -88,7 +86,7 @@ def test_an_idle_worker_in_another_process_is_woken_by_a_submit_postgres(
     finally:
         worker.stop()
         server.stop()
-    assert max(delays) < float(SAFETY_NET_S) / 10, delays
+    print("claim delays (s):", delays)  # woken: a poll would have claimed them after an hour
 
 
 def _pixels(api: Api, status: dict) -> np.ndarray:
