@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(64 * 1024 * 1024, ge=64 * 64, description="Largest accepted input image in pixels "
                                                                          "(width x height, read from its header).")
 
-    # Database: the connection pool of each process (PostgreSQL only; SQLite keeps SQLAlchemy's defaults)
     # The HTTP server's defences against slow or oversized requests: docs/operations.md
     header_read_timeout_s: float = Field(10.0, gt=0, description="A request's headers must arrive within this "
                                                                  "(408 and the connection closed).")
@@ -55,6 +54,7 @@ class Settings(BaseSettings):
     max_connections: int | None = Field(1000, ge=1, description="Open connections (and requests in progress) "
                                                                 "beyond which uvicorn answers 503; None: no limit.")
 
+    # Database: the connection pool of each process (PostgreSQL only; SQLite keeps SQLAlchemy's defaults)
     db_pool_size: int = Field(5, ge=1, description="Connections a process keeps open to PostgreSQL.")
     db_max_overflow: int = Field(10, ge=0, description="Extra PostgreSQL connections a process may open under "
                                                        "load beyond db_pool_size (closed when returned).")
