@@ -55,6 +55,19 @@ def test_happy_path_success(store: Store, key_id: str) -> None:
     assert store.get_request(r.id).outcome == {"images": [{"url": "x"}]}
 
 
+def test_success_reads_every_step_done_even_without_a_progress_report(store: Store, key_id: str) -> None:
+    reported = store.insert_request(key_id, "m", {}, now=T0)
+    silent = store.insert_request(key_id, "m", {}, now=T0)
+    store.claim_request("w1", ["m"], 30, now=T0)
+    store.claim_request("w1", ["m"], 30, now=T0)
+    store.report_progress(reported.id, "w1", 3, 10, lease_s=30, now=T0 + 1)
+    # The last report (10 of 10) was still in flight, or every report failed: the total stands.
+    done = store.finish_request(reported.id, "w1", {"images": []}, now=T0 + 2, steps=99)
+    assert (done.progress_step, done.progress_total) == (10, 10)
+    done = store.finish_request(silent.id, "w1", {"images": []}, now=T0 + 2, steps=6)
+    assert (done.progress_step, done.progress_total) == (6, 6)
+
+
 def test_fail_request(store: Store, key_id: str) -> None:
     r = store.insert_request(key_id, "m", {})
     store.claim_request("w1", ["m"], 30)

@@ -289,9 +289,13 @@ def _ended(now: float) -> dict[str, Any]:
 
 
 def finish_request(
-    conn: sa.Connection, request_id: str, worker_id: str, outcome: dict[str, Any], now: float
+    conn: sa.Connection, request_id: str, worker_id: str, outcome: dict[str, Any], now: float,
+    steps: int | None = None,
 ) -> Request | None:
     """processing -> success with ``outcome``, only by the lease owner; None otherwise.
+
+    The progress ends at its total: the last reported total, else ``steps`` (the job's), so a
+    run whose progress reports all failed or were still in flight still reads N of N.
 
     Cancel-aware: a cancel accepted before this moment wins, so a request whose cancel
     was flagged (during output moderation, encoding or storing) ends ``cancelled``
@@ -307,7 +311,9 @@ def finish_request(
         owner=worker_id,
         now=now,
         # Every step was done: the progress says so even if the last report was still in flight.
-        values={**_ended(now), "outcome": outcome, "error": None, "progress_step": requests.c.progress_total},
+        values={**_ended(now), "outcome": outcome, "error": None,
+                "progress_step": sa.func.coalesce(requests.c.progress_total, steps),
+                "progress_total": sa.func.coalesce(requests.c.progress_total, steps)},
         guard=[sa.not_(requests.c.cancel_requested)],
     )
     if finished is not None:

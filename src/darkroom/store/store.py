@@ -477,14 +477,16 @@ class Store:
         return states
 
     def finish_request(
-        self, request_id: str, worker_id: str, outcome: dict[str, Any], now: float | None = None
+        self, request_id: str, worker_id: str, outcome: dict[str, Any], now: float | None = None,
+        *, steps: int | None = None,
     ) -> Request | None:
         """processing -> success by the lease owner; None if it does not own it (any more).
 
+        ``steps``: the job's step count, the progress total if no progress report got through.
         A cancel flagged before this call wins: the request ends cancelled and that record
         is returned (check its status)."""
         with self._write() as conn:
-            result = lifecycle.finish_request(conn, request_id, worker_id, outcome, _now(now))
+            result = lifecycle.finish_request(conn, request_id, worker_id, outcome, _now(now), steps)
         self._changed(request_id)
         return result
 

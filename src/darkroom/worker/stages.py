@@ -196,7 +196,8 @@ class Stages:
             outcome["warnings"] = warnings
         task.lease.ending(task.id)
         ended = self.retry.call(f"finishing {task.id}",
-                                lambda: self.store.finish_request(task.id, self.worker_id, outcome))
+                                lambda: self.store.finish_request(task.id, self.worker_id, outcome,
+                                                                  steps=task.spec.steps))
         if ended is None:
             # Not ours any more, or ours already: a retried finish whose first COMMIT went
             # through (the error came after it) matches nothing the second time. Look before
