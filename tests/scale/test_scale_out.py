@@ -217,7 +217,9 @@ def test_kill_9_of_an_api_replica_during_a_burst(deployment: Deployment) -> None
 
 def test_a_postgresql_restart_mid_run(deployment: Deployment, pg_cluster) -> None:  # noqa: ANN001
     ids = [_submit(deployment.api(i % 2, i % 3), "tiny-slow", steps=40, seed=7000 + i) for i in range(24)]
-    wait_for(lambda: any(w.current for w in deployment.store.list_workers()), timeout=120, what="work in progress")
+    # Work has started (a quiet machine may finish some before a heartbeat records it as current).
+    wait_for(lambda: any(deployment.store.get_request(i).started_at is not None for i in ids),
+             timeout=120, what="work in progress")
     pg_cluster.restart("fast")
     ended = deployment.wait_ended(ids)
     deployment.assert_exactly_once(ended)
